@@ -1,0 +1,57 @@
+"""``ShimCli.run``: the one-line entry point of an engine shim."""
+
+from __future__ import annotations
+
+import logging
+from typing import NoReturn
+
+from containerd_shimkit import CleanupRequest, ShimSpec, run
+
+from .shim import Config, Shim
+
+
+class ShimCli:
+    """Runs a :class:`Shim` as a containerd shim binary."""
+
+    @staticmethod
+    def run(shim: type[Shim], config: Config | None = None) -> NoReturn:
+        """Handle the command line containerd uses (``start``, ``delete``, the daemon, -v).
+
+        An engine's ``main`` is just ``ShimCli.run(MyShim)``.
+        """
+        config = config or Config()
+
+        def version() -> tuple[str, str]:
+            v = shim.version()
+            return v.version, v.revision
+
+        def instance() -> type:
+            from .instance import instance_class
+
+            return instance_class(shim)
+
+        def prepare_daemon() -> None:
+            from containerd_shimkit import Zygote
+
+            from .executor import zygote_factory
+            from .instance import WasmInstance
+
+            level = logging.getLogger().level
+            WasmInstance.zygote = Zygote.fork(lambda: zygote_factory(shim, level))
+
+        def cleanup(request: CleanupRequest) -> int:
+            from .cleanup import cleanup as wasm_cleanup
+
+            return wasm_cleanup(request)
+
+        run(
+            ShimSpec(
+                name=f"containerd-shim-{shim.name()}-v1",
+                version=version,
+                instance=instance,
+                prepare_daemon=prepare_daemon,
+                cleanup=cleanup,
+                default_log_level=config.default_log_level,
+                setup_logging=not config.no_setup_logger,
+            )
+        )

@@ -1,0 +1,157 @@
+"""Zygote and container side: fork a container's init and run its workload there.
+
+The zygote imports the engine once (``Sandbox.preload``). For each Create it forks the
+init process through :func:`containerd_shimkit.container.spawn_init`; inside the container
+the workload is either a native executable (ELF or ``#!``, e.g. the CRI pause container or a
+sidecar), which is exec'd, or a wasm module, which the engine's :class:`Sandbox` runs in
+that same process.
+
+Exit codes: the guest's ``proc_exit(n)`` → n, a normal return → 0, a trap or engine error
+→ 137, SIGTERM/SIGINT → 128 + signal (unlike runwasi, where PID 1 ignores SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from containerd_shimkit import logs
+from containerd_shimkit.container import (
+    ContainerSetup,
+    exec_native,
+    is_native_executable,
+    spawn_init,
+)
+from containerd_shimkit.container.cgroups import Cgroup
+from containerd_shimkit.zygote import Handler
+
+from .context import FileSource, SpecContext
+from .sandbox import ResourceLimits, Sandbox
+from .shim import Shim
+
+log = logging.getLogger(__name__)
+
+#: Exit code for a trap or engine error (runwasi's, and what containerd reports for a kill).
+ERROR_EXIT_CODE = 137
+#: Annotation carrying the pod (sandbox) id, for the ``pod=`` log field.
+SANDBOX_ID_ANNOTATION = "io.kubernetes.cri.sandbox-id"
+
+
+def resolve_native(args: list[str], env: list[str]) -> str | None:
+    """The native executable ``args[0]`` names in the container, if it is one."""
+    if not args:
+        return None
+    path = args[0].partition("#")[0]
+    env_path = next((e[5:] for e in env if e.startswith("PATH=")), "")
+    try:
+        resolved = FileSource(path).resolve(env_path)
+    except FileNotFoundError:
+        return None
+    return resolved if is_native_executable(resolved) else None
+
+
+class WasmWorkload:
+    """What the container's init process runs: a native exec or the engine's Sandbox."""
+
+    def __init__(self, shim: type[Shim], memory_limit: int | None) -> None:
+        self.shim = shim
+        self.memory_limit = memory_limit
+        self.native = False
+        self.sandbox: Sandbox | None = None
+        self.context: SpecContext | None = None
+
+    def prepare(self, setup: ContainerSetup) -> None:
+        """Inside the container before Start: choose native or wasm and validate."""
+        process = setup.spec.get("process") or {}
+        args, env = list(process.get("args") or []), list(process.get("env") or [])
+        if resolve_native(args, env):
+            self.native = True
+            log.debug("running a native executable", extra={"arg0": args[0]})
+            return
+        self.context = SpecContext(args, env)
+        sandbox = self.shim.sandbox()()
+        sandbox.limits = ResourceLimits(memory_bytes=self.memory_limit)
+        self.sandbox = sandbox
+        try:
+            asyncio.run(sandbox.can_handle(self.context))
+        except Exception as exc:
+            raise ValueError(
+                f"cannot run {args[0] if args else '(no args)'!r}: {exc} "
+                "(args[0] must be a wasm module or a native executable in the container)"
+            ) from exc
+
+    def run(self, setup: ContainerSetup) -> int:
+        """After Start: exec the native binary, or run the wasm workload to its exit code."""
+        if self.native:
+            exec_native(setup)
+        assert self.sandbox is not None and self.context is not None
+        try:
+            return asyncio.run(_run_until_signal(self.sandbox, self.context))
+        except Exception:
+            log.exception("error running the wasm workload")
+            return ERROR_EXIT_CODE
+
+
+async def _run_until_signal(sandbox: Sandbox, ctx: SpecContext) -> int:
+    """Run the guest; SIGTERM/SIGINT cancel it and the exit code becomes 128 + signal.
+
+    The init process is PID 1 of its namespace: without a handler the kernel would drop
+    these signals, which is why runwasi's wasm containers ignore SIGTERM.
+    """
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(sandbox.run_wasi(ctx))
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if received:
+            return 128 + received[0]
+        raise
+
+
+def spawn(shim: type[Shim], request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+    """Zygote request handler: fork one container's init; reply with its pid."""
+    if request.get("op") != "spawn" or len(fds) != 4:
+        raise ValueError(f"bad zygote request {request.get('op')!r} with {len(fds)} fds")
+    import json
+
+    bundle = Path(request["bundle"])
+    spec = json.loads((bundle / "config.json").read_text())
+    cgroup_state = request.get("cgroup")
+    setup = ContainerSetup(
+        id=request["id"],
+        bundle=bundle,
+        spec=spec,
+        rootfs=Path(request["rootfs"]),
+        cgroup=Cgroup.from_state(cgroup_state) if cgroup_state else None,
+        stdin=fds[0],
+        stdout=fds[1],
+        stderr=fds[2],
+    )
+    pod = (spec.get("annotations") or {}).get(SANDBOX_ID_ANNOTATION) or request["id"]
+    # The init process inherits these: its log records carry the ids automatically.
+    logs.instance_id.set(request["id"])
+    logs.pod_id.set(pod)
+    workload = WasmWorkload(shim, request.get("memory_limit"))
+    pid = spawn_init(setup, workload, fds[3])
+    return {"pid": pid}
+
+
+def zygote_factory(shim: type[Shim], log_level: int) -> Handler:
+    """Runs in the new zygote: route logs, load the engine, return the request handler."""
+    # fd 2 becomes each container's stderr; keep the shim log on a descriptor of its own.
+    log_stream = os.fdopen(os.dup(2), "w", buffering=1)
+    logs.setup(log_level, log_stream)
+    shim.sandbox().preload()
+    return lambda request, fds: spawn(shim, request, fds)

@@ -1,0 +1,312 @@
+"""``WasmInstance``: containerd_shimkit's ``Instance`` for wasm (and native) containers.
+
+Daemon side. Create mounts the rootfs, creates the cgroup, opens stdio and asks the zygote to
+fork the container's init process, which sets up the namespaces and the rootfs, checks that
+the workload can run (``Sandbox.can_handle``) and reports back over a sync channel; Start
+tells it to go. The init process is re-parented to the daemon (a child subreaper), whose
+reaper reports its exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from containerd_shimkit import (
+    REAPER,
+    ExitStatus,
+    FailedPrecondition,
+    InstanceConfig,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    Zygote,
+    ZygoteError,
+)
+from containerd_shimkit.container import mount_rootfs, resolve_rootfs, unmount_rootfs
+from containerd_shimkit.container.cgroups import Cgroup
+
+from .shim import Shim
+from .state import remove_state, write_state
+from .stdio import StdinRelay, open_output
+
+log = logging.getLogger(__name__)
+
+#: How long the init process may take to set up and validate the workload.
+SETUP_TIMEOUT = 30.0
+
+
+def load_spec(bundle: Path) -> dict[str, Any]:
+    """Read ``config.json``; a broken one is an InvalidArgument naming the file."""
+    path = bundle / "config.json"
+    try:
+        spec = json.loads(path.read_text())
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise InvalidArgument(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(spec, dict) or not isinstance(spec.get("process"), dict):
+        raise InvalidArgument(f"{path} has no 'process' object")
+    return spec
+
+
+def memory_limit(spec: dict[str, Any]) -> int | None:
+    """``linux.resources.memory.limit`` when it is a positive number of bytes."""
+    limit = (((spec.get("linux") or {}).get("resources") or {}).get("memory") or {}).get("limit")
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+class _Undo:
+    """Cleanup steps of a half-created container, run in reverse on failure."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, Any]] = []
+
+    def push(self, what: str, step: Any) -> None:
+        self.steps.append((what, step))
+
+    def run(self) -> None:
+        for what, step in reversed(self.steps):
+            try:
+                step()
+            except Exception as exc:
+                log.warning("cleanup step failed", extra={"step": what, "error": str(exc)})
+        self.steps.clear()
+
+
+class WasmInstance:
+    """One container of a wasm shim. Bound to a :class:`Shim` by :func:`instance_class`."""
+
+    shim: ClassVar[type[Shim]]
+    zygote: ClassVar[Zygote | None] = None
+
+    def __init__(self, id: str, config: InstanceConfig, spec: dict[str, Any]) -> None:
+        self.id = id
+        self.config = config
+        self.spec = spec
+        self.rootfs = resolve_rootfs(config.bundle, spec)
+        self.cgroup: Cgroup | None = None
+        self.mounted = False
+        self._pid = 0
+        self._channel: socket.socket | None = None
+        self._stdin: StdinRelay | None = None
+        self._exit: asyncio.Future[ExitStatus] | None = None
+        self._undo = _Undo()
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    # -- create --------------------------------------------------------------------------
+
+    @classmethod
+    async def new(cls, id: str, config: InstanceConfig) -> Self:
+        spec = load_spec(config.bundle)
+        self = cls(id, config, spec)
+        try:
+            await self._create()
+        except BaseException:
+            self._undo.run()
+            raise
+        return self
+
+    async def _create(self) -> None:
+        bundle, config, spec = self.config.bundle, self.config, self.spec
+        if config.rootfs:
+            mounts = [(m.type, m.source, list(m.options)) for m in config.rootfs]
+            try:
+                mount_rootfs(mounts, self.rootfs)
+            except OSError as exc:
+                raise FailedPrecondition(
+                    f"cannot mount the rootfs at {self.rootfs}: {exc}"
+                ) from exc
+            self.mounted = True
+            self._undo.push("unmount rootfs", lambda: unmount_rootfs(self.rootfs))
+        linux = spec.get("linux") or {}
+        self.cgroup = Cgroup.for_container(
+            linux.get("cgroupsPath") or "", self.id, systemd=config.options.systemd_cgroup
+        )
+        try:
+            self.cgroup.create(linux.get("resources"))
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot create the cgroup: {exc}") from exc
+        cgroup = self.cgroup
+        self._undo.push("kill cgroup", lambda: cgroup.kill_all(signal.SIGKILL))
+        self._undo.push("delete cgroup", cgroup.delete)
+        write_state(
+            bundle,
+            {
+                "cgroup": cgroup.to_state(),
+                "rootfs": str(self.rootfs),
+                "mounted": self.mounted,
+                "pid": 0,
+            },
+        )
+        self._undo.push("remove state", lambda: remove_state(bundle))
+        await self._spawn()
+
+    def _stdio_fds(self) -> list[int]:
+        fds: list[int] = []
+        try:
+            if self.config.stdin:
+                self._stdin = StdinRelay(self.config.stdin)
+                self._undo.push("close stdin", self._stdin.close)
+                fds.append(self._stdin.read_end)
+            else:
+                fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            fds.append(open_output(self.config.stdout))
+            fds.append(open_output(self.config.stderr))
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            raise InvalidArgument(f"cannot open stdio {exc.filename}: {exc.strerror}") from exc
+        return fds
+
+    async def _spawn(self) -> None:
+        zygote = type(self).zygote
+        if zygote is None:
+            raise Unavailable("the shim's zygote is not running")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        self._channel = ours
+        self._undo.push("close channel", ours.close)
+        fds = self._stdio_fds()
+        request = {
+            "op": "spawn",
+            "id": self.id,
+            "bundle": str(self.config.bundle),
+            "rootfs": str(self.rootfs),
+            "cgroup": self.cgroup.to_state() if self.cgroup else None,
+            "memory_limit": memory_limit(self.spec),
+        }
+        try:
+            reply = await zygote.request(request, [*fds, theirs.fileno()])
+        except ZygoteError as exc:
+            raise InvalidArgument(f"cannot create container {self.id}: {exc}") from exc
+        finally:
+            theirs.close()
+            for fd in fds:
+                if self._stdin is None or fd != self._stdin.read_end:
+                    os.close(fd)
+        self._pid = int(reply["pid"])
+        self._exit = REAPER.wait_for(self._pid)
+        self._undo.push("kill init", lambda: self._kill_pid(signal.SIGKILL))
+        write_state(
+            self.config.bundle,
+            {
+                "cgroup": self.cgroup.to_state() if self.cgroup else None,
+                "rootfs": str(self.rootfs),
+                "mounted": self.mounted,
+                "pid": self._pid,
+            },
+        )
+        await self._await_ready()
+        if self._stdin is not None:
+            os.close(self._stdin.read_end)  # the container holds its own copy now
+            self._stdin.read_end = -1
+        self._undo.steps.clear()
+
+    async def _await_ready(self) -> None:
+        assert self._channel is not None and self._exit is not None
+        loop = asyncio.get_running_loop()
+        receive = loop.create_task(loop.sock_recv(self._channel, 65536))
+        done, _ = await asyncio.wait(
+            {receive, self._exit}, timeout=SETUP_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        if receive not in done:
+            receive.cancel()
+            if self._exit in done:
+                code = self._exit.result().code
+                raise InvalidArgument(f"container {self.id} init exited with {code} during setup")
+            raise InvalidArgument(f"container {self.id} did not finish setup in {SETUP_TIMEOUT} s")
+        message = json.loads(receive.result() or b'{"error": "the init process exited"}')
+        if "error" in message:
+            raise InvalidArgument(message["error"])
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> int:
+        assert self._channel is not None
+        if self._stdin is not None:
+            self._stdin.start()
+        try:
+            await asyncio.get_running_loop().sock_sendall(self._channel, b'{"start": true}')
+        except OSError as exc:
+            raise FailedPrecondition(f"container {self.id} init is gone: {exc.strerror}") from exc
+        self._channel.close()
+        self._channel = None
+        return self._pid
+
+    def _kill_pid(self, sig: int) -> None:
+        if self._exit is not None and not self._exit.done():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, sig)
+
+    async def kill(self, signal: int, all: bool = False) -> None:
+        if self._exit is None or self._exit.done():
+            raise NotFound("process already finished")
+        if all and self.cgroup is not None:
+            self.cgroup.kill_all(signal)
+        else:
+            self._kill_pid(signal)
+
+    async def wait(self) -> ExitStatus:
+        assert self._exit is not None
+        return await asyncio.shield(self._exit)
+
+    async def delete(self) -> None:
+        if self._exit is not None and not self._exit.done():
+            # Delete after Create without Start: the init waits for "start"; closing the
+            # channel makes it exit, SIGKILL makes sure.
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
+            self._kill_pid(signal.SIGKILL)
+            await asyncio.wait_for(asyncio.shield(self._exit), 10)
+        if self._stdin is not None:
+            self._stdin.close()
+        if self.cgroup is not None:
+            self.cgroup.kill_all(signal.SIGKILL)  # anything the workload left behind
+            self.cgroup.delete()
+        if self.mounted:
+            unmount_rootfs(self.rootfs)
+            self.mounted = False
+        remove_state(self.config.bundle)
+
+    # -- optional capabilities -----------------------------------------------------------
+
+    async def stats(self) -> tuple[str, bytes]:
+        if self.cgroup is None:
+            raise NotFound("cgroup does not exist")
+        return self.cgroup.stats()
+
+    async def pids(self) -> list[int]:
+        return self.cgroup.pids() if self.cgroup is not None else []
+
+    async def pause(self) -> None:
+        assert self.cgroup is not None
+        self.cgroup.freeze()
+
+    async def resume(self) -> None:
+        assert self.cgroup is not None
+        self.cgroup.thaw()
+
+    async def update(self, resources: dict[str, Any]) -> None:
+        assert self.cgroup is not None
+        self.cgroup.update(resources)
+
+    async def close_stdin(self) -> None:
+        if self._stdin is not None:
+            self._stdin.close()
+
+
+def instance_class(shim: type[Shim]) -> type[WasmInstance]:
+    """A :class:`WasmInstance` subclass bound to ``shim``."""
+    return type(f"{shim.__name__}Instance", (WasmInstance,), {"shim": shim})

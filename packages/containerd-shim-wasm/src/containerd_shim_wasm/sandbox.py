@@ -1,0 +1,148 @@
+"""The ``Sandbox``: runs one container's wasm workload, inside the container."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from .context import FileSource, OciSource, RuntimeContext, SpecContext
+
+WASM_MAGIC = b"\0asm"
+
+
+class CannotHandle(Exception):
+    """The entrypoint is not something this sandbox can run; the message says why."""
+
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    """Limits from the container's OCI spec that an engine can also enforce itself.
+
+    The cgroup enforces them for the whole process; an engine that applies
+    ``memory_bytes`` to its store makes the guest see a failed allocation instead of
+    the whole container being OOM-killed.
+    """
+
+    memory_bytes: int | None = None
+
+
+class Sandbox(ABC):
+    """Runs a wasm workload. One instance is made per container, inside the container.
+
+    Subclasses must be constructible without arguments. Everything here runs in the
+    container's init process after its rootfs, namespaces and cgroup are set up.
+    """
+
+    #: Set by the shim before ``can_handle``/``run_wasi`` are called.
+    limits: ResourceLimits = ResourceLimits()
+
+    @classmethod
+    def preload(cls) -> None:
+        """Import the engine and warm what can be shared, once, in the zygote.
+
+        Containers are forked from the zygote, so whatever this loads is paid for once per
+        shim and shared copy-on-write by every container. The default does nothing.
+        """
+        return
+
+    @abstractmethod
+    async def run_wasi(self, ctx: RuntimeContext) -> int:
+        """Run the workload and return its exit code.
+
+        WASI ``proc_exit(n)`` returns ``n``; a normal return from the entry function
+        returns 0. Raise for a trap or an engine error: the caller turns that into 137.
+
+        The guest's stdio is the process's fds 0, 1 and 2. When the container receives
+        SIGTERM or SIGINT this coroutine is cancelled: stop the guest promptly (e.g. by
+        epoch interruption) and let ``CancelledError`` propagate; the exit code becomes
+        128 + the signal number. Blocking engine calls must therefore run off the event
+        loop's thread (``asyncio.to_thread``).
+        """
+
+    async def can_handle(self, ctx: RuntimeContext) -> None:
+        """Check at Create time that the entrypoint is a module this sandbox can run.
+
+        The default accepts OCI wasm layers, files starting with the ``\\0asm`` magic, and
+        files that parse as WAT text (balanced s-expressions headed by ``module`` or
+        ``component``; an engine should override this to validate fully).
+
+        Raises:
+            CannotHandle: naming the path it looked at and why it was refused.
+        """
+        entrypoint = ctx.entrypoint()
+        source = entrypoint.source
+        if isinstance(source, OciSource):
+            source.read()  # raises for a number of layers other than one
+            return
+        assert isinstance(source, FileSource)
+        env_path = ctx.env_path() if isinstance(ctx, SpecContext) else ""
+        try:
+            path = source.resolve(env_path)
+            with open(path, "rb") as f:
+                head = f.read(4)
+                if head == WASM_MAGIC:
+                    return
+                text = head + f.read()
+        except OSError as exc:
+            raise CannotHandle(f"{exc.strerror or exc}; args[0] must name a wasm module") from exc
+        problem = wat_problem(text)
+        if problem:
+            raise CannotHandle(
+                f"{path} is neither a wasm binary (no \\0asm magic) nor WAT text: {problem}"
+            )
+
+
+def wat_problem(data: bytes) -> str | None:
+    """Return why ``data`` is not WAT text, or ``None`` when it looks like WAT.
+
+    This checks the s-expression structure only (strings, comments and parentheses), so it
+    needs no engine; the engine reports semantic errors when it compiles the module.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "it is binary data"
+    depth = 0
+    first_atom: str | None = None
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if text.startswith(";;", i):
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+        elif text.startswith("(;", i):
+            end = text.find(";)", i + 2)
+            if end < 0:
+                return "unterminated block comment"
+            i = end + 2
+        elif c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            if j >= n:
+                return "unterminated string"
+            i = j + 1
+        elif c == "(":
+            depth += 1
+            if first_atom is None:
+                j = i + 1
+                while j < n and not text[j].isspace() and text[j] not in "()":
+                    j += 1
+                first_atom = text[i + 1 : j]
+                if first_atom not in ("module", "component"):
+                    return f"it starts with ({first_atom!s}, not (module or (component"
+            i += 1
+        elif c == ")":
+            depth -= 1
+            if depth < 0:
+                return "unbalanced ')'"
+            i += 1
+        elif c.isspace() or depth > 0:
+            i += 1
+        else:
+            return f"unexpected text {text[i : i + 20]!r} outside of the module"
+    if first_atom is None:
+        return "it is empty"
+    if depth:
+        return "unbalanced '('"
+    return None

@@ -1,0 +1,128 @@
+"""The long-running shim daemon: one per group (pod), serving the Task API over ttrpc.
+
+Order matters: before anything imports asyncio or could start a thread, the daemon becomes a
+child subreaper and runs the shim's ``prepare_daemon`` hook (which forks the zygote). Only
+then does it import the event loop, protobuf and the Instance implementation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .flags import Flags
+from .start import LISTENER_FD, group_of
+
+if TYPE_CHECKING:
+    from .main import ShimSpec
+
+#: How long to wait for the Shutdown answer to reach containerd before closing.
+SHUTDOWN_GRACE = 0.05
+
+
+def open_log(bundle: Path) -> None:
+    """Point fd 2 at the bundle's ``log`` FIFO, which containerd copies into its own log.
+
+    Non-blocking: when containerd is down or slow a log line is dropped instead of
+    stalling the daemon (containerd opened the FIFO read-write, so it has a reader).
+    """
+    try:
+        fd = os.open(bundle / "log", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        fd = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def main_serve(flags: Flags, spec: ShimSpec) -> int:
+    """Run the daemon until Shutdown (with no containers left) or SIGTERM."""
+    from .. import logs
+    from ..reaper import set_child_subreaper
+
+    bundle = Path.cwd()
+    open_log(bundle)
+    if spec.setup_logging:
+        logs.setup(logs.level_from(flags.debug, spec.default_log_level))
+    logs.pod_id.set(group_of(bundle, flags.id))
+    set_child_subreaper()
+    if spec.prepare_daemon is not None:
+        spec.prepare_daemon()  # e.g. fork the zygote while this process has one thread
+
+    import asyncio
+
+    return asyncio.run(_serve(flags, spec))
+
+
+def _listener(flags: Flags) -> socket.socket:
+    if flags.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(flags.socket.removeprefix("unix://"))
+        sock.listen(128)
+        return sock
+    return socket.socket(fileno=LISTENER_FD)
+
+
+async def _serve(flags: Flags, spec: ShimSpec) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from ..api import shim_pb2, shim_v3_pb2
+    from ..reaper import REAPER
+    from ..task.events import RemotePublisher
+    from ..task.service import TaskService
+    from ..ttrpc import Server, Service
+
+    log = logging.getLogger("containerd_shimkit.daemon")
+    loop = asyncio.get_running_loop()
+    REAPER.install(loop)
+    stop = asyncio.Event()
+    ttrpc_address = os.environ.get("TTRPC_ADDRESS", "")
+    publisher = RemotePublisher(ttrpc_address, flags.namespace)
+    publisher.start()
+    service = TaskService(
+        spec.instance(),
+        namespace=flags.namespace,
+        containerd_address=flags.address,
+        events=publisher,
+        ttrpc_address=ttrpc_address,
+        # Let the Shutdown answer go out before the listener closes.
+        on_idle=lambda: loop.call_later(SHUTDOWN_GRACE, stop.set),
+    )
+    server = Server(
+        [
+            Service.from_descriptor(shim_pb2.DESCRIPTOR.services_by_name["Task"], service),
+            Service.from_descriptor(shim_v3_pb2.DESCRIPTOR.services_by_name["Task"], service),
+        ]
+    )
+    listener = _listener(flags)
+    path = listener.getsockname()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    serving = loop.create_task(server.serve(listener))
+    log.info("shim serving", extra={"pid": os.getpid(), "address": path})
+    await stop.wait()
+    for record in list(service.tasks.values()):
+        # Only on SIGTERM with containers left: containerd never asks for this itself.
+        log.warning("stopping with a container still present", extra={"instance": record.id})
+        try:
+            await record.instance.kill(signal.SIGKILL, True)
+            await record.instance.wait()
+            await record.instance.delete()
+        except Exception:
+            log.exception("cleanup failed", extra={"instance": record.id})
+    await server.shutdown()
+    serving.cancel()
+    await asyncio.gather(serving, return_exceptions=True)
+    await publisher.flush()
+    await publisher.close()
+    if isinstance(path, str) and path:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    log.info("shim exiting")
+    sys.stderr.flush()
+    return 0

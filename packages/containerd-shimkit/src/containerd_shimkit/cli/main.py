@@ -1,0 +1,89 @@
+"""``run(spec)``: the single entry point of a shim binary built on this toolkit."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NoReturn
+
+from .delete import CleanupHook
+from .flags import UsageError, parse
+
+if TYPE_CHECKING:
+    from ..task.instance import Instance
+
+
+@dataclass(frozen=True)
+class ShimSpec:
+    """What the toolkit needs to know about a shim. Everything heavy is loaded lazily.
+
+    Attributes:
+        name: the shim's name, printed by ``-v`` (e.g. ``containerd-shim-wasmtime-v1``).
+        version: returns ``(version, revision)``; called only for ``-v`` and ``-info``.
+        instance: returns the :class:`Instance` class; called only in the daemon.
+        prepare_daemon: runs in the daemon before asyncio is imported and while it has a
+            single thread (fork a zygote here).
+        cleanup: extra cleanup for the ``delete`` action; returns the init pid or 0.
+        default_log_level: the daemon's level without ``-debug`` or ``$SHIM_LOG_LEVEL``.
+        setup_logging: configure the root logger for containerd's log FIFO (turn off when
+            the embedding program configures logging itself).
+    """
+
+    name: str
+    version: Callable[[], tuple[str, str]]
+    instance: Callable[[], type[Instance]]
+    prepare_daemon: Callable[[], None] | None = None
+    cleanup: CleanupHook | None = None
+    default_log_level: str = "info"
+    setup_logging: bool = True
+
+
+def version_text(spec: ShimSpec, program: str) -> str:
+    """What ``-v`` prints (the layout of containerd's and runwasi's shims)."""
+    version, revision = spec.version()
+    return f"{program}:\n  Runtime: {spec.name}\n  Version: {version}\n  Revision: {revision}\n"
+
+
+def info_bytes(spec: ShimSpec) -> bytes:
+    """``-info`` (containerd 2.x): a serialized ``containerd.types.RuntimeInfo``."""
+    from ..api import types_pb2
+
+    version, revision = spec.version()
+    info = types_pb2.RuntimeInfo(
+        name=spec.name, version=types_pb2.RuntimeVersion(version=version, revision=revision)
+    )
+    return info.SerializeToString()
+
+
+def run(spec: ShimSpec, argv: list[str] | None = None) -> NoReturn:
+    """Parse the command line and run ``start``, ``delete``, ``-v``, ``-info`` or the daemon."""
+    argv = sys.argv if argv is None else argv
+    program = os.path.abspath(argv[0])
+    try:
+        flags = parse(argv[1:])
+    except UsageError as exc:
+        sys.stderr.write(f"{os.path.basename(program)}: {exc}\n")
+        sys.exit(2)
+    if flags.v or flags.version:
+        sys.stdout.write(version_text(spec, program))
+        sys.exit(0)
+    if flags.info:
+        sys.stdin.buffer.read()
+        sys.stdout.buffer.write(info_bytes(spec))
+        sys.exit(0)
+    if flags.action == "start":
+        from .start import main_start
+
+        sys.exit(main_start(flags, sys.stdin.buffer.read(), program))
+    if flags.action == "delete":
+        from .delete import main_delete
+
+        sys.exit(main_delete(flags, spec.cleanup))
+    if flags.action:
+        sys.stderr.write(f"{os.path.basename(program)}: unknown action {flags.action!r}\n")
+        sys.exit(2)
+    from .daemon import main_serve
+
+    sys.exit(main_serve(flags, spec))
