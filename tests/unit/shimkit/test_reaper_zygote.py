@@ -1,0 +1,77 @@
+"""The reaper hands exit statuses out by pid; the zygote forks and answers over its socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any
+
+import pytest
+from containerd_shimkit.reaper import Reaper, exit_code
+from containerd_shimkit.zygote import Zygote, ZygoteError
+
+
+def test_exit_code_maps_signals_to_128_plus() -> None:
+    assert exit_code(7 << 8) == 7
+    assert exit_code(signal.SIGKILL) == 137
+
+
+async def test_status_before_and_after_subscription() -> None:
+    reaper = Reaper()
+    reaper.install(asyncio.get_running_loop())
+    try:
+        early = os.fork()
+        if early == 0:
+            os._exit(3)
+        await asyncio.sleep(0.2)  # reaped before anyone asked
+        late = os.fork()
+        if late == 0:
+            signal.pause()
+            os._exit(0)
+        waiting = reaper.wait_for(late)
+        os.kill(late, signal.SIGTERM)
+        assert (await asyncio.wait_for(reaper.wait_for(early), 2)).code == 3
+        assert (await asyncio.wait_for(waiting, 2)).code == 128 + signal.SIGTERM
+    finally:
+        reaper.uninstall()
+
+
+def _handler_factory() -> Any:
+    def handle(request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        if request.get("boom"):
+            raise RuntimeError("boom requested")
+        data = os.read(fds[0], 100) if fds else b""
+        return {"echo": request["value"], "data": data.decode(), "pid": os.getpid()}
+
+    return handle
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SOCK_SEQPACKET and fd passing")
+async def test_zygote_round_trip_fd_passing_and_errors() -> None:
+    zygote = Zygote.fork(_handler_factory)
+    try:
+        read_end, write_end = os.pipe()
+        os.write(write_end, b"through an fd")
+        reply = await zygote.request({"value": 42}, [read_end])
+        os.close(read_end)
+        os.close(write_end)
+        assert reply["echo"] == 42 and reply["data"] == "through an fd"
+        assert reply["pid"] == zygote.pid != os.getpid()
+        with pytest.raises(ZygoteError, match="boom requested"):
+            await zygote.request({"boom": True, "value": 0})
+        assert (await zygote.request({"value": 1}))["echo"] == 1  # still serving
+    finally:
+        zygote.close()
+        _, status = os.waitpid(zygote.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # EOF makes it exit cleanly
+
+
+async def test_dead_zygote_is_reported() -> None:
+    zygote = Zygote.fork(_handler_factory)
+    os.kill(zygote.pid, signal.SIGKILL)
+    os.waitpid(zygote.pid, 0)
+    with pytest.raises(ZygoteError):
+        await zygote.request({"value": 1})
+    zygote.close()
