@@ -53,8 +53,14 @@ def main_serve(flags: Flags, spec: ShimSpec) -> int:
         spec.prepare_daemon()  # e.g. fork the zygote while this process has one thread
 
     import asyncio
+    import logging
 
-    return asyncio.run(_serve(flags, spec))
+    try:
+        return asyncio.run(_serve(flags, spec))
+    except BaseException:
+        # The only trace containerd keeps of a daemon that dies is its log FIFO.
+        logging.getLogger("containerd_shimkit.daemon").exception("shim daemon failed")
+        raise
 
 
 def _listener(flags: Flags) -> socket.socket:

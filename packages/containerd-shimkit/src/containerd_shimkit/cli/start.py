@@ -105,7 +105,11 @@ def spawn_daemon(flags: Flags, listener: socket.socket, program: str) -> int:
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
-            os.dup2(listener.fileno(), LISTENER_FD)
+            if listener.fileno() == LISTENER_FD:
+                # dup2(3, 3) is a no-op that would keep close-on-exec set.
+                os.set_inheritable(LISTENER_FD, True)
+            else:
+                os.dup2(listener.fileno(), LISTENER_FD)
             os.closerange(LISTENER_FD + 1, 1 << 16)
             os.execv(program, argv)
         finally:
