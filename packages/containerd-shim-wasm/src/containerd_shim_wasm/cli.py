@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import NoReturn
 
 from containerd_shimkit import CleanupRequest, ShimSpec, run
@@ -31,6 +30,8 @@ class ShimCli:
             return instance_class(shim)
 
         def prepare_daemon() -> None:
+            import logging
+
             from containerd_shimkit import Zygote
 
             from .executor import zygote_factory

@@ -22,41 +22,66 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .cli import CleanupHook, CleanupRequest, ShimSpec, run
-from .errors import (
-    AlreadyExists,
-    Code,
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    NotFound,
-    ShimError,
-    Unavailable,
-    Unimplemented,
-)
-from .task import (
-    ExitStatus,
-    HasPid,
-    Instance,
-    InstanceConfig,
-    Mount,
-    RuntimeOptions,
-    SupportsCloseIO,
-    SupportsPause,
-    SupportsPids,
-    SupportsStats,
-    SupportsUpdate,
-)
-
 if TYPE_CHECKING:
+    from .cli import CleanupHook, CleanupRequest, ShimSpec, run
+    from .errors import (
+        AlreadyExists,
+        Code,
+        FailedPrecondition,
+        Internal,
+        InvalidArgument,
+        NotFound,
+        ShimError,
+        Unavailable,
+        Unimplemented,
+    )
     from .reaper import REAPER, Reaper
+    from .task import (
+        ExitStatus,
+        HasPid,
+        Instance,
+        InstanceConfig,
+        Mount,
+        RuntimeOptions,
+        SupportsCloseIO,
+        SupportsPause,
+        SupportsPids,
+        SupportsStats,
+        SupportsUpdate,
+    )
     from .zygote import Zygote, ZygoteError
 
+# name -> submodule; loaded on first attribute access (PEP 562) so that `start` and
+# `delete` import only what they use.
 _LAZY = {
+    "AlreadyExists": "errors",
+    "CleanupHook": "cli",
+    "CleanupRequest": "cli",
+    "Code": "errors",
+    "ExitStatus": "task",
+    "FailedPrecondition": "errors",
+    "HasPid": "task",
+    "Instance": "task",
+    "InstanceConfig": "task",
+    "Internal": "errors",
+    "InvalidArgument": "errors",
+    "Mount": "task",
+    "NotFound": "errors",
     "REAPER": "reaper",
     "Reaper": "reaper",
+    "RuntimeOptions": "task",
+    "ShimError": "errors",
+    "ShimSpec": "cli",
+    "SupportsCloseIO": "task",
+    "SupportsPause": "task",
+    "SupportsPids": "task",
+    "SupportsStats": "task",
+    "SupportsUpdate": "task",
+    "Unavailable": "errors",
+    "Unimplemented": "errors",
     "Zygote": "zygote",
     "ZygoteError": "zygote",
+    "run": "cli",
 }
 
 __all__ = [

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
-from .delete import CleanupHook
 from .flags import UsageError, parse
 
 if TYPE_CHECKING:
     from ..task.instance import Instance
+    from .delete import CleanupHook
 
 
 @dataclass(frozen=True)
