@@ -13,6 +13,7 @@ each run gets a scratch bundle. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -33,22 +34,19 @@ def timed(argv: list[str], cwd: Path, stdin: bytes = b"") -> tuple[float, bytes]
     return (time.perf_counter() - start) * 1000, out
 
 
-def kill_daemon(address: str) -> None:
-    path = address.removeprefix("unix://")
+def stop_daemons(containerd_address: str) -> None:
+    """SIGTERM the daemons this benchmark spawned (they name our scratch address)."""
+    needle = containerd_address.encode()
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fds = os.listdir(entry / "fd")
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"containerd-shim-wasmtime-v1" in cmdline and b"start" not in cmdline:
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if needle in argv and b"start" not in argv and b"delete" not in argv:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry.name), signal.SIGTERM)
-                del fds
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def main() -> int:
@@ -86,16 +84,15 @@ def main() -> int:
             results["python -I -S -c pass"].append(
                 timed([sys.executable, "-I", "-S", "-c", "pass"], bundle)[0]
             )
-            ms, out = timed([str(SHIM), *flags, "-id", f"new{i}", "start"], bundle)
+            ms, _ = timed([str(SHIM), *flags, "-id", f"new{i}", "start"], bundle)
             results["start (new daemon)"].append(ms)
-            address = out.decode()
             ms, _ = timed([str(SHIM), *flags, "-id", f"new{i}", "start"], bundle)
             results["start (daemon running)"].append(ms)
             ms, _ = timed(
                 [str(SHIM), *flags, "-id", f"new{i}", "-bundle", str(bundle), "delete"], bundle
             )
             results["delete"].append(ms)
-            kill_daemon(address)
+            stop_daemons(str(scratch / "c.sock"))
             time.sleep(0.05)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
