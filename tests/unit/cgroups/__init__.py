@@ -1,0 +1,1 @@
+"""Unit tests of the cgroup support (fake cgroupfs trees; no root needed)."""

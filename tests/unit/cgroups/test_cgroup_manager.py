@@ -1,0 +1,381 @@
+"""Cgroup lifecycle on fake cgroupfs trees: create, update, join, pids, freeze, kill, delete."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from containerd_shimkit.container import cgroups
+from containerd_shimkit.container.cgroups import (
+    UNIFIED,
+    Cgroup,
+    CgroupError,
+    CgroupNotFoundError,
+)
+
+from .conftest import FakeTree, _fake_rmdir
+
+MiB = 1024 * 1024
+
+
+def read(path: Path) -> str:
+    return path.read_text().strip()
+
+
+# --- create / update ---------------------------------------------------------------------------
+
+
+def test_v1_create_applies_resources(v1_tree: FakeTree) -> None:
+    cg = Cgroup.for_container("/default/c1", "c1", systemd=False, root=v1_tree.root)
+    v1_tree.populate(cg)
+    cg.create(
+        {
+            "memory": {"limit": 32 * MiB, "reservation": 16 * MiB},
+            "cpu": {"shares": 256, "quota": 20000, "period": 100000, "cpus": "1"},
+            "pids": {"limit": 5},
+        }
+    )
+    p = cg.paths
+    assert read(p["memory"] / "memory.limit_in_bytes") == str(32 * MiB)
+    assert read(p["memory"] / "memory.soft_limit_in_bytes") == str(16 * MiB)
+    assert read(p["cpu"] / "cpu.shares") == "256"
+    assert read(p["cpu"] / "cpu.cfs_quota_us") == "20000"
+    assert read(p["cpu"] / "cpu.cfs_period_us") == "100000"
+    assert read(p["pids"] / "pids.max") == "5"
+    assert read(p["cpuset"] / "cpuset.cpus") == "1"
+    # cpuset.mems was empty in the new dir: inherited from the nearest ancestor (runc).
+    assert read(p["cpuset"] / "cpuset.mems") == "0"
+
+
+def test_v1_create_makes_missing_dirs_and_inherits_cpuset(v1_tree: FakeTree) -> None:
+    cg = Cgroup.for_container("/a/b", "b", systemd=False, root=v1_tree.root)
+    cg.create(None)
+    for path in cg.paths.values():
+        assert path.is_dir()
+    # Fake mkdir makes no control files, so there is nothing to inherit into: no error either.
+    assert not (cg.paths["cpuset"] / "cpuset.cpus").exists()
+
+
+def test_v1_blkio_weight_falls_back_to_bfq(v1_tree: FakeTree) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=v1_tree.root)
+    v1_tree.populate(cg)
+    cg.create({"blockIO": {"weight": 700}})
+    assert read(cg.paths["blkio"] / "blkio.bfq.weight") == "700"
+
+
+def test_v1_update_orders_swap_by_current_limit(v1_tree: FakeTree) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=v1_tree.root)
+    v1_tree.populate(cg)
+    mem = cg.paths["memory"]
+    (mem / "memory.limit_in_bytes").write_text(str(64 * MiB))
+    order: list[str] = []
+    real = cgroups._write_file
+
+    def spy(path: Path, value: str) -> None:
+        order.append(path.name)
+        real(path, value)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cgroups, "_write_file", spy)
+        cg.update({"memory": {"limit": 128 * MiB, "swap": 256 * MiB}})
+    assert order == ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"]
+
+
+def test_v1_missing_controller_file_names_file_and_value(v1_tree: FakeTree) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=v1_tree.root)
+    v1_tree.populate(cg)
+    (cg.paths["pids"] / "pids.max").unlink()
+    with pytest.raises(CgroupError) as info:
+        cg.update({"pids": {"limit": 9}})
+    message = str(info.value)
+    assert "pids.max" in message
+    assert "'9'" in message
+    assert info.value.errno == errno.ENOENT
+
+
+def test_v1_unmounted_controller_is_an_error(v1_tree: FakeTree) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=v1_tree.root)
+    v1_tree.populate(cg)
+    with pytest.raises(CgroupError, match="hugetlb cgroup controller is not available"):
+        cg.update({"hugepageLimits": [{"pageSize": "2MB", "limit": 0}]})
+
+
+def test_create_failure_cleans_up(v1_tree: FakeTree, fake_rmdir: None) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=v1_tree.root)
+    v1_tree.populate(cg)
+    (cg.paths["memory"] / "memory.limit_in_bytes").unlink()
+    with pytest.raises(CgroupError, match=r"memory\.limit_in_bytes"):
+        cg.create({"memory": {"limit": MiB}})
+    assert not any(p.exists() for p in cg.paths.values())
+    assert (v1_tree.root / "memory").is_dir()
+
+
+def test_einval_period_is_retried_after_quota(v1_tree: FakeTree) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=v1_tree.root)
+    v1_tree.populate(cg)
+    calls: list[tuple[str, str]] = []
+    real = cgroups._write_file
+    failed = False
+
+    def flaky(path: Path, value: str) -> None:
+        nonlocal failed
+        calls.append((path.name, value))
+        if path.name == "cpu.cfs_period_us" and not failed:
+            failed = True
+            raise CgroupError(errno.EINVAL, "cannot write: Invalid argument")
+        real(path, value)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cgroups, "_write_file", flaky)
+        cg.update({"cpu": {"quota": 10000, "period": 20000}})
+    assert calls == [
+        ("cpu.cfs_period_us", "20000"),
+        ("cpu.cfs_quota_us", "10000"),
+        ("cpu.cfs_period_us", "20000"),
+    ]
+
+
+def test_update_on_missing_cgroup(v1_tree: FakeTree) -> None:
+    cg = Cgroup.for_container("/gone", "gone", systemd=False, root=v1_tree.root)
+    with pytest.raises(CgroupNotFoundError):
+        cg.update({"pids": {"limit": 1}})
+
+
+def test_v2_create_enables_controllers_and_writes(v2_tree: FakeTree) -> None:
+    parent = v2_tree.root / "k8s.io"
+    parent.mkdir()
+    (parent / "cgroup.subtree_control").write_text("")
+    cg = Cgroup.for_container("/k8s.io/abc", "abc", systemd=False, root=v2_tree.root)
+    v2_tree.populate(cg)
+    cg.create(
+        {
+            "memory": {"limit": 64 * MiB, "swap": 64 * MiB},
+            "cpu": {"shares": 2048, "quota": 150000, "period": 100000},
+            "pids": {"limit": -1},
+        }
+    )
+    # runc CreateCgroupPath: every ancestor's subtree_control gets the root's controllers.
+    enabled = "+cpuset +cpu +io +memory +hugetlb +pids +rdma +misc"
+    assert read(v2_tree.root / "cgroup.subtree_control") == enabled
+    assert read(parent / "cgroup.subtree_control") == enabled
+    leaf = cg.paths[UNIFIED]
+    assert read(leaf / "cgroup.subtree_control") == ""  # the leaf itself is not touched
+    assert read(leaf / "memory.max") == str(64 * MiB)
+    assert read(leaf / "memory.swap.max") == "0"
+    assert read(leaf / "cpu.weight") == "79"
+    assert read(leaf / "cpu.max") == "150000 100000"
+    assert read(leaf / "pids.max") == "max"
+
+
+def test_v2_missing_file_hints_at_controller(v2_tree: FakeTree) -> None:
+    cg = Cgroup.for_container("/x", "x", systemd=False, root=v2_tree.root)
+    v2_tree.populate(cg)
+    (cg.paths[UNIFIED] / "memory.max").unlink()
+    with pytest.raises(CgroupError, match=r"memory\.max.*controller enabled"):
+        cg.update({"memory": {"limit": MiB}})
+
+
+def test_v2_io_weight_fallback_and_optional_swap(v2_tree: FakeTree) -> None:
+    cg = Cgroup.for_container("/x", "x", systemd=False, root=v2_tree.root)
+    v2_tree.populate(cg)
+    (cg.paths[UNIFIED] / "memory.swap.max").unlink()  # no swap accounting
+    cg.update({"blockIO": {"weight": 1000}, "memory": {"limit": -1}})
+    assert read(cg.paths[UNIFIED] / "io.weight") == "10000"
+    assert read(cg.paths[UNIFIED] / "memory.max") == "max"
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+def test_add_join_and_pids(hybrid_tree: FakeTree) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=hybrid_tree.root)
+    hybrid_tree.populate(cg)
+    cg.add(4242)
+    for path in set(cg.paths.values()):
+        assert read(path / "cgroup.procs") == "4242"
+    cg.join_self()
+    assert read(cg.paths["memory"] / "cgroup.procs") == "0"
+    assert read(cg.paths[UNIFIED] / "cgroup.procs") == "0"
+    (cg.paths["pids"] / "cgroup.procs").write_text("10\n11\n")
+    (cg.paths["pids"] / "sub").mkdir()
+    (cg.paths["pids"] / "sub" / "cgroup.procs").write_text("12\n10\n")
+    assert sorted(cg.pids()) == [10, 11, 12]
+
+
+def test_pids_of_missing_cgroup(v2_tree: FakeTree) -> None:
+    cg = Cgroup.for_container("/none", "none", systemd=False, root=v2_tree.root)
+    with pytest.raises(CgroupNotFoundError, match="cgroup does not exist"):
+        cg.pids()
+
+
+def test_v1_freeze_thaw(v1_tree: FakeTree) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=v1_tree.root)
+    v1_tree.populate(cg)
+    cg.freeze()
+    assert read(cg.paths["freezer"] / "freezer.state") == "FROZEN"
+    cg.thaw()
+    assert read(cg.paths["freezer"] / "freezer.state") == "THAWED"
+
+
+def test_v1_freeze_stuck_thaws_and_times_out(v1_tree: FakeTree) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=v1_tree.root)
+    v1_tree.populate(cg)
+    state = cg.paths["freezer"] / "freezer.state"
+    real = cgroups._write_file
+
+    def stuck(path: Path, value: str) -> None:
+        real(path, "FREEZING" if value == "FROZEN" else value)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cgroups, "_write_file", stuck)
+        with pytest.raises(CgroupError, match="timed out") as info:
+            cg.freeze()
+    assert info.value.errno == errno.ETIMEDOUT
+    assert read(state) == "THAWED"
+
+
+def test_v2_freeze_waits_for_events(v2_tree: FakeTree) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=v2_tree.root)
+    v2_tree.populate(cg)
+    leaf = cg.paths[UNIFIED]
+    (leaf / "cgroup.events").write_text("populated 1\nfrozen 1\n")
+    cg.freeze()
+    assert read(leaf / "cgroup.freeze") == "1"
+    with pytest.raises(CgroupError, match="frozen 0"):
+        cg.thaw()  # the fake kernel never reports thawed
+    (leaf / "cgroup.events").write_text("populated 1\nfrozen 0\n")
+    cg.thaw()
+    assert read(leaf / "cgroup.freeze") == "0"
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_kill_all_signals_every_listed_process(
+    v1_tree: FakeTree, sleeper: subprocess.Popen[bytes]
+) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=v1_tree.root)
+    v1_tree.populate(cg)
+    # A pid that no longer exists is skipped silently.
+    (cg.paths["pids"] / "cgroup.procs").write_text(f"{sleeper.pid}\n999999999\n")
+    states: list[str] = []
+    real = cgroups._write_file
+
+    def spy(path: Path, value: str) -> None:
+        if path.name == "freezer.state":
+            states.append(value)
+        real(path, value)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cgroups, "_write_file", spy)
+        cg.kill_all(signal.SIGTERM)
+    assert sleeper.wait(timeout=10) == -signal.SIGTERM
+    assert states == ["FROZEN", "THAWED"]  # frozen while signalling, thawed after
+
+
+def test_kill_all_v2_sigkill_uses_cgroup_kill(
+    v2_tree: FakeTree, sleeper: subprocess.Popen[bytes]
+) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=v2_tree.root)
+    v2_tree.populate(cg)
+    leaf = cg.paths[UNIFIED]
+    (leaf / "cgroup.procs").write_text(f"{sleeper.pid}\n")
+    cg.kill_all(signal.SIGKILL)
+    assert read(leaf / "cgroup.kill") == "1"
+    assert sleeper.poll() is None  # the fake cgroup.kill kills nobody; no manual sweep on v2
+
+
+def test_kill_all_without_freezer_still_signals(
+    v2_tree: FakeTree, sleeper: subprocess.Popen[bytes]
+) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=v2_tree.root)
+    v2_tree.populate(cg)
+    leaf = cg.paths[UNIFIED]
+    (leaf / "cgroup.freeze").unlink()
+    (leaf / "cgroup.procs").write_text(f"{sleeper.pid}\n")
+    cg.kill_all(signal.SIGTERM)
+    assert sleeper.wait(timeout=10) == -signal.SIGTERM
+
+
+# --- delete ------------------------------------------------------------------------------------
+
+
+def test_delete_removes_leaves_only_and_is_idempotent(
+    hybrid_tree: FakeTree, fake_rmdir: None
+) -> None:
+    cg = Cgroup.for_container("/default/c", "c", systemd=False, root=hybrid_tree.root)
+    hybrid_tree.populate(cg)
+    (cg.paths["memory"] / "nested" / "deeper").mkdir(parents=True)
+    (cg.paths["memory"] / "nested" / "cgroup.procs").write_text("")
+    (cg.paths["memory"] / "nested" / "deeper" / "cgroup.procs").write_text("")
+    cg.delete()
+    for path in cg.paths.values():
+        assert not path.exists()
+        assert path.parent.is_dir()  # /default is shared with other containers
+    cg.delete()
+
+
+def test_delete_retries_while_busy(v1_tree: FakeTree, monkeypatch: pytest.MonkeyPatch) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=v1_tree.root)
+    v1_tree.populate(cg)
+    busy = {"left": 2}
+
+    def rmdir(path: Path) -> None:
+        if path == cg.paths["memory"] and busy["left"]:
+            busy["left"] -= 1
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+        _fake_rmdir(path)
+
+    monkeypatch.setattr(cgroups, "_rmdir", rmdir)
+    cg.delete()
+    assert not cg.paths["memory"].exists()
+    assert busy["left"] == 0
+
+
+def test_delete_gives_up_naming_the_dir(v1_tree: FakeTree, monkeypatch: pytest.MonkeyPatch) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=v1_tree.root)
+    v1_tree.populate(cg)
+
+    def rmdir(path: Path) -> None:
+        if path == cg.paths["pids"]:
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+        _fake_rmdir(path)
+
+    monkeypatch.setattr(cgroups, "_rmdir", rmdir)
+    started = time.monotonic()
+    with pytest.raises(CgroupError, match="pids/c") as info:
+        cg.delete()
+    assert info.value.errno == errno.EBUSY
+    assert time.monotonic() - started < 5
+    assert not cg.paths["memory"].exists()  # the other hierarchies were still cleaned
+
+
+def test_from_state_delete(hybrid_tree: FakeTree, fake_rmdir: None) -> None:
+    cg = Cgroup.for_container("/default/c", "c", systemd=False, root=hybrid_tree.root)
+    hybrid_tree.populate(cg)
+    Cgroup.from_state(cg.to_state()).delete()
+    assert not any(p.exists() for p in cg.paths.values())
+
+
+def test_delete_refuses_non_cgroup_dirs(tmp_path: Path) -> None:
+    # A corrupt state file pointing at an ordinary tree must not empty it out.
+    victim = tmp_path / "data"
+    (victim / "empty-subdir").mkdir(parents=True)
+    state = {"version": 1, "mode": "v2", "root": str(tmp_path), "paths": {UNIFIED: str(victim)}}
+    with pytest.raises(CgroupError, match="not a cgroup") as info:
+        Cgroup.from_state(state).delete()
+    assert info.value.errno == errno.ENOTDIR
+    assert (victim / "empty-subdir").is_dir()
