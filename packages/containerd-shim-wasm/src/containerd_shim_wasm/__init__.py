@@ -37,7 +37,9 @@ from .context import (
     OciSource,
     RuntimeContext,
     Source,
+    SpecContext,
     WasmLayer,
+    env_path,
 )
 from .sandbox import CannotHandle, ResourceLimits, Sandbox
 from .shim import Config, Shim, Version
@@ -56,6 +58,8 @@ __all__ = [
     "Shim",
     "ShimCli",
     "Source",
+    "SpecContext",
     "Version",
     "WasmLayer",
+    "env_path",
 ]

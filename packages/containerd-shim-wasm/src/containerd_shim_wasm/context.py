@@ -93,6 +93,15 @@ class OciSource:
 Source = FileSource | OciSource
 
 
+def env_path(envs: list[str]) -> str:
+    """The ``PATH`` in a ``KEY=VALUE`` environment list (``""`` when there is none)."""
+    for item in envs:
+        key, _, value = item.partition("=")
+        if key == "PATH":
+            return value
+    return ""
+
+
 @dataclass(frozen=True)
 class Entrypoint:
     """The module and function to run, from ``args[0]`` = ``path[#func]``.
@@ -153,8 +162,4 @@ class SpecContext(RuntimeContext):
 
     def env_path(self) -> str:
         """The container's ``PATH`` (empty when the spec sets none)."""
-        for item in self._envs:
-            key, _, value = item.partition("=")
-            if key == "PATH":
-                return value
-        return ""
+        return env_path(self._envs)

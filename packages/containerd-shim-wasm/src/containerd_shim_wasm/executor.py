@@ -29,7 +29,7 @@ from containerd_shimkit.container import (
 from containerd_shimkit.container.cgroups import Cgroup
 from containerd_shimkit.zygote import Handler
 
-from .context import FileSource, SpecContext
+from .context import FileSource, SpecContext, env_path
 from .sandbox import ResourceLimits, Sandbox
 from .shim import Shim
 
@@ -46,9 +46,8 @@ def resolve_native(args: list[str], env: list[str]) -> str | None:
     if not args:
         return None
     path = args[0].partition("#")[0]
-    env_path = next((e[5:] for e in env if e.startswith("PATH=")), "")
     try:
-        resolved = FileSource(path).resolve(env_path)
+        resolved = FileSource(path).resolve(env_path(env))
     except FileNotFoundError:
         return None
     return resolved if is_native_executable(resolved) else None

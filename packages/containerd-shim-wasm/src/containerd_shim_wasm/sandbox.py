@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from .context import FileSource, OciSource, RuntimeContext, SpecContext
+from .context import FileSource, OciSource, RuntimeContext, env_path
 
 WASM_MAGIC = b"\0asm"
 
@@ -75,9 +75,8 @@ class Sandbox(ABC):
             source.read()  # raises for a number of layers other than one
             return
         assert isinstance(source, FileSource)
-        env_path = ctx.env_path() if isinstance(ctx, SpecContext) else ""
         try:
-            path = source.resolve(env_path)
+            path = source.resolve(env_path(ctx.envs()))
             with open(path, "rb") as f:
                 head = f.read(4)
                 if head == WASM_MAGIC:
