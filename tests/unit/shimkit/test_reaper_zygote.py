@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 import pytest
+
 from containerd_shimkit.reaper import Reaper, exit_code
 from containerd_shimkit.zygote import Zygote, ZygoteError
 

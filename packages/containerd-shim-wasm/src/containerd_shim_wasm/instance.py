@@ -217,8 +217,9 @@ class WasmInstance:
         assert self._channel is not None and self._exit is not None
         loop = asyncio.get_running_loop()
         receive = loop.create_task(loop.sock_recv(self._channel, 65536))
+        waiting: set[asyncio.Future[Any]] = {receive, self._exit}
         done, _ = await asyncio.wait(
-            {receive, self._exit}, timeout=SETUP_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            waiting, timeout=SETUP_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
         )
         if receive not in done:
             receive.cancel()

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 instance_id: contextvars.ContextVar[str] = contextvars.ContextVar("instance", default="")
 pod_id: contextvars.ContextVar[str] = contextvars.ContextVar("pod", default="")
@@ -66,7 +67,7 @@ class ContextFilter(logging.Filter):
         return True
 
 
-class FifoHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class FifoHandler(logging.StreamHandler[TextIO]):
     """A stream handler that never blocks the shim and never raises.
 
     containerd may be down (the FIFO then has no reader and a write fails with EPIPE, or the
@@ -86,9 +87,9 @@ def level_from(debug: bool, default: str = "info") -> int:
     return level if isinstance(level, int) else logging.INFO
 
 
-def setup(level: int, stream: object | None = None) -> None:
+def setup(level: int, stream: TextIO | None = None) -> None:
     """Send the root logger's records to ``stream`` (default: stderr) in logfmt."""
-    handler = FifoHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler = FifoHandler(stream or sys.stderr)
     handler.setFormatter(LogfmtFormatter())
     handler.addFilter(ContextFilter())
     root = logging.getLogger()

@@ -124,7 +124,12 @@ class Zygote:
             except OSError as exc:
                 raise ZygoteError(f"the zygote is gone: {exc.strerror}") from exc
             ready: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(self.sock.fileno(), lambda: ready.done() or ready.set_result(None))
+
+            def on_readable() -> None:
+                if not ready.done():
+                    ready.set_result(None)
+
+            loop.add_reader(self.sock.fileno(), on_readable)
             try:
                 await ready
             finally:

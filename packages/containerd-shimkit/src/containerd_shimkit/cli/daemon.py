@@ -87,6 +87,11 @@ async def _serve(flags: Flags, spec: ShimSpec) -> int:
     loop = asyncio.get_running_loop()
     REAPER.install(loop)
     stop = asyncio.Event()
+
+    def on_idle() -> None:
+        # Let the Shutdown answer go out before the listener closes.
+        loop.call_later(SHUTDOWN_GRACE, stop.set)
+
     ttrpc_address = os.environ.get("TTRPC_ADDRESS", "")
     publisher = RemotePublisher(ttrpc_address, flags.namespace)
     publisher.start()
@@ -96,8 +101,7 @@ async def _serve(flags: Flags, spec: ShimSpec) -> int:
         containerd_address=flags.address,
         events=publisher,
         ttrpc_address=ttrpc_address,
-        # Let the Shutdown answer go out before the listener closes.
-        on_idle=lambda: loop.call_later(SHUTDOWN_GRACE, stop.set),
+        on_idle=on_idle,
     )
     server = Server(
         [
