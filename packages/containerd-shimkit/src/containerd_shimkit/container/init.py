@@ -1,0 +1,540 @@
+"""Spawning a container's init process, and everything that process does.
+
+Process model. The daemon (asyncio, threads) asks a single-threaded *zygote* to create a
+container; the zygote calls :func:`spawn_init`, which forks:
+
+* **A**, a short-lived helper: joins the cgroup, ``setns`` into every namespace the spec
+  names with a path, ``unshare`` the others, forks **B**, reports B's host pid over a pipe
+  and exits. ``unshare(CLONE_NEWPID)`` only moves the caller's *children*, hence the
+  second fork.
+* **B**, the container init (pid 1 of its pid namespace when one is new). When A exits, B
+  is re-parented to the nearest child subreaper, the daemon, which can then wait for it.
+  B sets up the rootfs and the process (see :func:`_prepare_container`), calls
+  ``workload.prepare``, reports ready, waits for Start, switches user and capabilities,
+  applies no_new_privs and seccomp (:func:`_finalize_process`), and calls
+  ``workload.run``, whose return value is its exit code.
+
+Sync channel protocol (the ``channel_fd`` given to :func:`spawn_init`: one end of an
+``AF_UNIX``/``SOCK_SEQPACKET`` socket pair; the daemon holds the other end). Every message
+is one packet holding one JSON object:
+
+====================  ==========================  ========================================
+direction             message                     meaning
+====================  ==========================  ========================================
+init → daemon         ``{"ready": true}``         created; waiting for Start
+init → daemon         ``{"error": "<text>"}``     create failed; init exits with 1
+daemon → init         ``{"start": true}``         Start: run the workload
+init → daemon         ``{"started": true}``       user, capabilities, seccomp applied;
+                                                  the init closes its end and runs the
+                                                  workload (native: execve)
+init → daemon         ``{"error": "<text>"}``     start failed; init exits with 1
+daemon closes its end (EOF before Start)          Delete before Start: init exits with 0
+====================  ==========================  ========================================
+
+Exit codes of B: ``workload.run``'s return value; 137 when it raises; 1 when setup fails;
+0 when the channel is closed before Start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import stat
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, Protocol
+
+from . import _libc, devices, namespaces, rootfs, seccomp, security, spec
+from .spec import ContainerError, describe, step
+
+logger = logging.getLogger(__name__)
+
+_MAX_PACKET = 65536
+
+
+class CgroupJoiner(Protocol):
+    """What :func:`spawn_init` needs from a cgroup: a way to move the calling process in."""
+
+    def join_self(self) -> None:
+        """Move the calling process into the cgroup."""
+
+
+@dataclass(frozen=True)
+class ContainerSetup:
+    """Everything the container init is created from.
+
+    Attributes:
+        id: the container id (for logs).
+        bundle: the bundle directory (relative bind-mount sources resolve against it).
+        spec: the parsed ``config.json``.
+        rootfs: absolute host path of the already-mounted rootfs
+            (see :func:`~containerd_shimkit.container.rootfs.mount_rootfs`).
+        cgroup: joined by the helper process before any namespace is entered; None to
+            stay in the caller's cgroup.
+        stdin, stdout, stderr: fds in the process calling :func:`spawn_init`, duplicated
+            onto 0/1/2 of the container; None means ``/dev/null``.
+    """
+
+    id: str
+    bundle: Path
+    spec: Mapping[str, Any]
+    rootfs: Path
+    cgroup: CgroupJoiner | None = None
+    stdin: int | None = None
+    stdout: int | None = None
+    stderr: int | None = None
+
+
+class Workload(Protocol):
+    """What runs in the container: prepared at Create, run at Start."""
+
+    def prepare(self, setup: ContainerSetup) -> None:
+        """Check and load what will run, inside the container (after pivot_root, still as
+        root with all capabilities). An exception fails Create with its message."""
+
+    def run(self, setup: ContainerSetup) -> int:
+        """Run the workload after Start (user, capabilities and seccomp are applied) and
+        return the exit code; may instead execve (see :func:`exec_native`)."""
+
+
+# --- the sync channel ------------------------------------------------------------------
+
+
+def encode_message(message: Mapping[str, Any]) -> bytes:
+    """One channel packet."""
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def decode_message(packet: bytes) -> dict[str, Any]:
+    """Parse one channel packet (``ValueError`` when it is not a JSON object)."""
+    message = json.loads(packet)
+    if not isinstance(message, dict):
+        raise ValueError(f"channel message is not an object: {packet!r}")
+    return message
+
+
+def send_message(fd: int, message: Mapping[str, Any]) -> None:
+    """Send one message on a SOCK_SEQPACKET fd."""
+    os.write(fd, encode_message(message))
+
+
+def recv_message(fd: int) -> dict[str, Any] | None:
+    """Receive one message; None when the peer has closed the channel."""
+    packet = os.read(fd, _MAX_PACKET)
+    return decode_message(packet) if packet else None
+
+
+def channel_pair() -> tuple[socket.socket, socket.socket]:
+    """A ``(daemon end, init end)`` socket pair for the sync channel."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def set_child_subreaper() -> None:
+    """Make the calling process a child subreaper: the container inits it spawns (through a
+    zygote) are re-parented to it and it can wait for them."""
+    _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)
+
+
+# --- the zygote side -------------------------------------------------------------------
+
+
+def _preload(setup: ContainerSetup) -> None:
+    # Nothing may be loaded lazily after pivot_root: the container has no Python stdlib
+    # and no libseccomp. Loading here, in the zygote, also caches it for later containers.
+    security.last_cap()
+    if spec.seccomp(setup.spec) is not None:
+        with step("loading libseccomp"):
+            _libc.seccomp()
+
+
+def _validate(setup: ContainerSetup) -> None:
+    nss = spec.namespaces(setup.spec)
+    namespaces.check_supported(nss)
+    if namespaces.is_shared_with_host(nss, "mount"):
+        raise ContainerError("config.json: a mount namespace is required")
+    if not spec.args(setup.spec):
+        raise ContainerError("config.json: process.args must not be empty")
+
+
+def _flush_stdio() -> None:
+    # Unflushed buffers would be written twice (by parent and child) or into the container.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _wait_status(pid: int) -> str:
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:  # reaped by someone else (a SIGCHLD handler)
+        return "unknown status"
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+def spawn_init(setup: ContainerSetup, workload: Workload, channel_fd: int) -> int:
+    """Create the container's init process; returns its host pid.
+
+    Call from a single-threaded process (the zygote): the child runs Python after fork.
+    The init is re-parented to the nearest child subreaper (see
+    :func:`set_child_subreaper`) once the helper exits. ``channel_fd`` is the init's end of
+    the sync channel (protocol in this module's docstring); the caller still owns its copy
+    and should close it after this returns. Then read ``ready`` or ``error`` from the other
+    end.
+
+    Raises:
+        ContainerError: the spec is unsupported, or the helper failed (its message says
+            which step: joining the cgroup, a namespace…).
+    """
+    _validate(setup)
+    _preload(setup)
+    _flush_stdio()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        _helper_main(setup, workload, channel_fd, write_fd)
+    os.close(write_fd)
+    try:
+        reply = _read_all(read_fd)
+    finally:
+        os.close(read_fd)
+    status = _wait_status(pid)
+    try:
+        message = decode_message(reply)
+    except ValueError:
+        raise ContainerError(f"container init helper failed ({status})") from None
+    if "error" in message:
+        raise ContainerError(str(message["error"]))
+    return int(message["pid"])
+
+
+# --- the helper (A) --------------------------------------------------------------------
+
+
+def _helper_main(
+    setup: ContainerSetup, workload: Workload, channel_fd: int, report_fd: int
+) -> NoReturn:
+    code = 1
+    try:
+        if setup.cgroup is not None:
+            with step("joining the cgroup"):
+                setup.cgroup.join_self()
+        namespaces.enter(spec.namespaces(setup.spec))
+        pid = os.fork()
+        if pid == 0:
+            os.close(report_fd)
+            _init_main(setup, workload, channel_fd)
+        os.write(report_fd, encode_message({"pid": pid}))
+        code = 0
+    except BaseException as exc:
+        with contextlib.suppress(BaseException):
+            os.write(report_fd, encode_message({"error": describe(exc)}))
+    finally:
+        os._exit(code)
+
+
+# --- the container init (B) ------------------------------------------------------------
+
+
+def _init_main(setup: ContainerSetup, workload: Workload, channel_fd: int) -> NoReturn:
+    code = 1
+    try:
+        code = _init(setup, workload, channel_fd)
+    except BaseException:
+        logger.exception("container %s: init failed", setup.id)
+    finally:
+        _flush_stdio()
+        os._exit(code)
+
+
+def _reset_signals() -> None:
+    # Handlers installed by the zygote must not run in the container, and a blocked signal
+    # mask would be inherited by the workload.
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for signum in signal.valid_signals():
+        with contextlib.suppress(OSError, ValueError):
+            if callable(signal.getsignal(signum)):
+                signal.signal(signum, signal.SIG_DFL)
+
+
+def _send_quietly(fd: int, message: Mapping[str, Any]) -> None:
+    try:
+        send_message(fd, message)
+    except OSError as exc:
+        logger.debug("sync channel: cannot send %s: %s", message, exc)
+
+
+def _init(setup: ContainerSetup, workload: Workload, channel_fd: int) -> int:
+    _reset_signals()
+    os.setsid()  # like runc's init: the container gets its own session
+    try:
+        _prepare_container(setup)
+        workload.prepare(setup)
+    except Exception as exc:
+        logger.debug("container %s: create failed: %s", setup.id, exc)
+        _send_quietly(channel_fd, {"error": describe(exc)})
+        return 1
+    send_message(channel_fd, {"ready": True})
+    try:
+        message = recv_message(channel_fd)
+    except (OSError, ValueError) as exc:
+        logger.warning("container %s: bad start message: %s", setup.id, exc)
+        return 1
+    if message is None or not message.get("start"):
+        return 0  # the daemon deleted the container before starting it
+    try:
+        _finalize_process(setup)
+    except Exception as exc:
+        _send_quietly(channel_fd, {"error": describe(exc)})
+        return 1
+    _send_quietly(channel_fd, {"started": True})
+    os.close(channel_fd)
+    set_cloexec_from(3)
+    return _run(setup, workload)
+
+
+def _run(setup: ContainerSetup, workload: Workload) -> int:
+    try:
+        return int(workload.run(setup))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        logger.exception("container %s: workload failed", setup.id)
+        return 137
+
+
+def _prepare_container(setup: ContainerSetup) -> None:
+    """Everything before ``ready``, in runc's order (``prepareRootfs``, then the parts of
+    ``standard_init`` before the user switch)."""
+    s = setup.spec
+    nss = spec.namespaces(s)
+    mounts = spec.mounts(s)
+    host_null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)  # before pivot_root
+    try:
+        rootfs.prepare_root(setup.rootfs, spec.rootfs_propagation(s))
+        rootfs.mount_all(
+            setup.rootfs,
+            mounts,
+            bundle=Path(setup.bundle),
+            host_network=namespaces.is_shared_with_host(nss, "network"),
+        )
+        if devices.needs_setup_dev(mounts):
+            devices.setup_dev(setup.rootfs, spec.devices(s))
+        # Through the host's /proc, which exists whether or not the spec mounts one.
+        set_rlimits(spec.rlimits(s))
+        set_oom_score_adj(spec.oom_score_adj(s))
+        with step(f"pivot_root to {setup.rootfs}"):
+            rootfs.pivot_root(setup.rootfs)
+        set_hostname(s, nss)
+        # sysctls first: /proc/sys is usually one of the read-only paths.
+        set_sysctls(spec.sysctl(s))
+        for path in spec.readonly_paths(s):
+            with step(f"making {path} read-only"):
+                rootfs.readonly_path(path)
+        for path in spec.masked_paths(s):
+            with step(f"masking {path}"):
+                rootfs.mask_path(path)
+        _finalize_rootfs(s, mounts)
+        setup_stdio(setup.stdin, setup.stdout, setup.stderr, fallback=host_null)
+    finally:
+        os.close(host_null)
+    with step(f"changing directory to {spec.cwd(s)}"):
+        os.chdir(spec.cwd(s))
+
+
+def _finalize_rootfs(s: spec.Spec, mounts: Sequence[spec.Mount]) -> None:
+    # runc's finalizeRootfs: /dev and / become read-only only now that they are filled.
+    dev_flags = rootfs.dev_mount_flags(mounts)
+    if dev_flags is not None:
+        with step("remounting /dev read-only"):
+            rootfs.remount_readonly("/dev", dev_flags)
+    if spec.root_readonly(s):
+        with step("remounting / read-only"):
+            rootfs.remount_readonly("/")
+    os.umask(0o022)
+
+
+def _finalize_process(setup: ContainerSetup) -> None:
+    """At Start, in runc's order: no_new_privs, seccomp when it needs privileges, user and
+    capabilities, then seccomp as late as possible when no_new_privs allows it."""
+    s = setup.spec
+    user = spec.user(s)
+    nnp = spec.no_new_privileges(s)
+    profile = spec.seccomp(s)
+    if user.umask is not None:
+        os.umask(user.umask)
+    if nnp:
+        security.set_no_new_privs()
+    if profile is not None and not nnp:
+        seccomp.load(profile)  # needs CAP_SYS_ADMIN without no_new_privs
+    security.switch_user_and_capabilities(user, spec.capabilities(s))
+    if profile is not None and nnp:
+        seccomp.load(profile)
+
+
+# --- process attributes ------------------------------------------------------------------
+
+
+def set_rlimits(limits: Sequence[spec.Rlimit]) -> None:
+    """Apply ``process.rlimits``. Raising a hard limit needs CAP_SYS_RESOURCE."""
+    for limit in limits:
+        with step(f"setting {limit.name}"):
+            resource.setrlimit(limit.resource, (limit.soft, limit.hard))
+
+
+def set_oom_score_adj(value: int | None) -> None:
+    """Write ``process.oomScoreAdj``; a refusal (negative values need CAP_SYS_RESOURCE) is
+    logged and ignored."""
+    if value is None:
+        return
+    try:
+        with open("/proc/self/oom_score_adj", "wb") as f:
+            f.write(str(value).encode())
+    except OSError as exc:
+        logger.warning("cannot set oom_score_adj to %d: %s", value, describe(exc))
+
+
+def set_hostname(s: spec.Spec, nss: Sequence[spec.Namespace]) -> None:
+    """Set ``hostname`` and ``domainname`` when the container has a new UTS namespace.
+
+    In a joined UTS namespace (a pod's) they belong to its owner; without a UTS namespace
+    they would change the host's, so they are ignored with a warning (runc refuses the
+    spec).
+    """
+    names = [(spec.hostname(s), _libc.sethostname), (spec.domainname(s), _libc.setdomainname)]
+    if not any(name for name, _ in names):
+        return
+    if namespaces.is_shared_with_host(nss, "uts"):
+        logger.warning("ignoring hostname/domainname: no UTS namespace in the spec")
+        return
+    if not namespaces.is_new(nss, "uts"):
+        return
+    for name, setter in names:
+        if name:
+            with step(f"setting host/domain name {name}"):
+                setter(name)
+
+
+def set_sysctls(values: Mapping[str, str]) -> None:
+    """Write ``linux.sysctl`` through ``/proc/sys`` (``net.ipv4.x`` → ``net/ipv4/x``)."""
+    for key, value in values.items():
+        with step(f"setting sysctl {key}"):
+            path = Path("/proc/sys", *key.split("."))
+            path.write_text(value, encoding="utf-8")
+
+
+def _open_null(fallback: int) -> int:
+    try:
+        return os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return os.dup(fallback)
+
+
+def setup_stdio(stdin: int | None, stdout: int | None, stderr: int | None, fallback: int) -> None:
+    """Make the given fds the process' 0, 1 and 2 (None: ``/dev/null``).
+
+    The sources are first copied above 2, so a source that is itself 0, 1 or 2 is not
+    overwritten before it is used.
+    """
+    null = _open_null(fallback)
+    try:
+        with step("setting up stdio"):
+            copies = [
+                fcntl.fcntl(null if fd is None else fd, fcntl.F_DUPFD_CLOEXEC, 3)
+                for fd in (stdin, stdout, stderr)
+            ]
+            for target, source in enumerate(copies):
+                os.dup2(source, target)
+                os.close(source)
+    finally:
+        os.close(null)
+
+
+def set_cloexec_from(lowest: int) -> None:
+    """Mark every fd >= ``lowest`` close-on-exec, so execve leaks nothing of the zygote."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(lowest, min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 65536)))
+    for fd in fds:
+        if fd >= lowest:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
+
+
+# --- native executables ----------------------------------------------------------------
+
+
+def _is_executable_file(path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and bool(st.st_mode & 0o111)
+
+
+def resolve_in_path(name: str, path: str) -> str | None:
+    """Find ``name`` like Go's ``exec.LookPath`` (what runc uses): a name with a slash is
+    taken as is, otherwise the first executable regular file in ``path``'s directories
+    (an empty entry is the current directory). None when there is none."""
+    if "/" in name:
+        return name if _is_executable_file(name) else None
+    for directory in path.split(":"):
+        candidate = os.path.join(directory or ".", name)
+        if _is_executable_file(candidate):
+            return candidate
+    return None
+
+
+def is_native_executable(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an ELF binary or a ``#!`` script (else: maybe wasm)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        return False
+    return magic == b"\x7fELF" or magic.startswith(b"#!")
+
+
+def exec_native(setup: ContainerSetup) -> NoReturn:
+    """Replace the process with ``process.args``, environment ``process.env``.
+
+    ``args[0]`` is resolved in the spec's ``PATH`` (not the runtime's), like runc. Signals
+    Python ignores (SIGPIPE, SIGXFSZ) are restored to their defaults first, as subprocess
+    does.
+
+    Raises:
+        ContainerError: the executable is not found or execve fails.
+    """
+    argv = spec.args(setup.spec)
+    environ = spec.env(setup.spec)
+    if not argv:
+        raise ContainerError("process.args is empty")
+    path = resolve_in_path(argv[0], environ.get("PATH", ""))
+    if path is None:
+        raise ContainerError(f'exec: "{argv[0]}": executable file not found in $PATH')
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(signum, signal.SIG_DFL)
+    set_cloexec_from(3)
+    _flush_stdio()
+    try:
+        os.execve(path, argv, environ)
+    except OSError as exc:
+        raise ContainerError(f"exec {path}: {describe(exc)}") from exc
