@@ -36,6 +36,18 @@ class ZygoteError(Exception):
     """The zygote is gone or answered with an error."""
 
 
+_channel_fd = -1
+
+
+def channel_fd() -> int:
+    """In the zygote: the descriptor of its channel to the daemon (-1 elsewhere).
+
+    Container processes forked from the zygote must close it (a wasm container never execs,
+    so close-on-exec does not help).
+    """
+    return _channel_fd
+
+
 def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
     fds = array.array("i")
     data, ancdata, _flags, _addr = sock.recvmsg(
@@ -93,7 +105,9 @@ class Zygote:
         if pid == 0:  # pragma: no cover - exercised through subprocess tests
             code = 0
             try:
+                global _channel_fd
                 parent.close()
+                _channel_fd = child.fileno()
                 keep = sorted({child.fileno(), *keep_fds})
                 _close_all_but(keep)
                 _serve(child, factory())

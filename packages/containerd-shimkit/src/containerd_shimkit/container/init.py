@@ -47,7 +47,7 @@ import signal
 import socket
 import stat
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
@@ -94,7 +94,14 @@ class ContainerSetup:
 
 
 class Workload(Protocol):
-    """What runs in the container: prepared at Create, run at Start."""
+    """What runs in the container: prepared at Create, run at Start.
+
+    Both methods run after pivot_root, where the host's files (Python's standard library,
+    shared libraries) are gone: import and load everything the workload needs before
+    :func:`spawn_init` (the zygote preloads the engine). Logging still works through the
+    handlers the caller configured; they should not write to fds 0-2, which become the
+    container's stdio.
+    """
 
     def prepare(self, setup: ContainerSetup) -> None:
         """Check and load what will run, inside the container (after pivot_root, still as
@@ -178,6 +185,12 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+def _close_quietly(fds: Iterable[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def _wait_status(pid: int) -> str:
     try:
         _, status = os.waitpid(pid, 0)
@@ -188,7 +201,13 @@ def _wait_status(pid: int) -> str:
     return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
-def spawn_init(setup: ContainerSetup, workload: Workload, channel_fd: int) -> int:
+def spawn_init(
+    setup: ContainerSetup,
+    workload: Workload,
+    channel_fd: int,
+    *,
+    close_fds: Iterable[int] = (),
+) -> int:
     """Create the container's init process; returns its host pid.
 
     Call from a single-threaded process (the zygote): the child runs Python after fork.
@@ -196,7 +215,13 @@ def spawn_init(setup: ContainerSetup, workload: Workload, channel_fd: int) -> in
     :func:`set_child_subreaper`) once the helper exits. ``channel_fd`` is the init's end of
     the sync channel (protocol in this module's docstring); the caller still owns its copy
     and should close it after this returns. Then read ``ready`` or ``error`` from the other
-    end.
+    end; the process calling this must not hold the other end, or the init never sees
+    Delete-before-Start's EOF.
+
+    The init inherits every fd of the caller. Fds >= 3 become close-on-exec before the
+    workload runs, so a native exec leaks none, but an in-process workload keeps them:
+    pass the caller's own fds that the container must not hold (the zygote's socket to
+    the daemon, say) as ``close_fds``; they are closed right after the fork.
 
     Raises:
         ContainerError: the spec is unsupported, or the helper failed (its message says
@@ -206,9 +231,15 @@ def spawn_init(setup: ContainerSetup, workload: Workload, channel_fd: int) -> in
     _preload(setup)
     _flush_stdio()
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise
     if pid == 0:
         os.close(read_fd)
+        _close_quietly(close_fds)
         _helper_main(setup, workload, channel_fd, write_fd)
     os.close(write_fd)
     try:
@@ -268,6 +299,7 @@ def _reset_signals() -> None:
     # Handlers installed by the zygote must not run in the container, and a blocked signal
     # mask would be inherited by the workload.
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    signal.set_wakeup_fd(-1)  # the zygote's event loop pipe, if it had one
     for signum in signal.valid_signals():
         with contextlib.suppress(OSError, ValueError):
             if callable(signal.getsignal(signum)):
@@ -297,8 +329,11 @@ def _init(setup: ContainerSetup, workload: Workload, channel_fd: int) -> int:
     except (OSError, ValueError) as exc:
         logger.warning("container %s: bad start message: %s", setup.id, exc)
         return 1
-    if message is None or not message.get("start"):
-        return 0  # the daemon deleted the container before starting it
+    if message is None:
+        return 0  # EOF: the daemon deleted the container before starting it
+    if not message.get("start"):
+        logger.warning("container %s: unexpected message %s", setup.id, message)
+        return 1
     try:
         _finalize_process(setup)
     except Exception as exc:
@@ -323,40 +358,54 @@ def _run(setup: ContainerSetup, workload: Workload) -> int:
 def _prepare_container(setup: ContainerSetup) -> None:
     """Everything before ``ready``, in runc's order (``prepareRootfs``, then the parts of
     ``standard_init`` before the user switch)."""
-    s = setup.spec
-    nss = spec.namespaces(s)
-    mounts = spec.mounts(s)
-    host_null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)  # before pivot_root
+    # mountinfo lists resolved paths; a rootfs under a symlink (/var/run) must match them.
+    root = Path(os.path.realpath(setup.rootfs))
+    host_null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)  # opened before pivot_root
     try:
-        rootfs.prepare_root(setup.rootfs, spec.rootfs_propagation(s))
-        rootfs.mount_all(
-            setup.rootfs,
-            mounts,
-            bundle=Path(setup.bundle),
-            host_network=namespaces.is_shared_with_host(nss, "network"),
-        )
-        if devices.needs_setup_dev(mounts):
-            devices.setup_dev(setup.rootfs, spec.devices(s))
-        # Through the host's /proc, which exists whether or not the spec mounts one.
-        set_rlimits(spec.rlimits(s))
-        set_oom_score_adj(spec.oom_score_adj(s))
-        with step(f"pivot_root to {setup.rootfs}"):
-            rootfs.pivot_root(setup.rootfs)
-        set_hostname(s, nss)
-        # sysctls first: /proc/sys is usually one of the read-only paths.
-        set_sysctls(spec.sysctl(s))
-        for path in spec.readonly_paths(s):
-            with step(f"making {path} read-only"):
-                rootfs.readonly_path(path)
-        for path in spec.masked_paths(s):
-            with step(f"masking {path}"):
-                rootfs.mask_path(path)
-        _finalize_rootfs(s, mounts)
+        _build_rootfs(setup, root)
+        _set_process_limits(setup.spec)
+        with step(f"pivot_root to {root}"):
+            rootfs.pivot_root(root)
+        # runc's prepareRootfs creates a missing cwd (after pivot_root, so inside the
+        # container, and before / may become read-only): images and pods rely on it.
+        with step(f"creating the working directory {spec.cwd(setup.spec)}"):
+            os.makedirs(spec.cwd(setup.spec), 0o755, exist_ok=True)
+        _configure_container(setup.spec)
         setup_stdio(setup.stdin, setup.stdout, setup.stderr, fallback=host_null)
     finally:
         os.close(host_null)
-    with step(f"changing directory to {spec.cwd(s)}"):
-        os.chdir(spec.cwd(s))
+    with step(f"changing directory to {spec.cwd(setup.spec)}"):
+        os.chdir(spec.cwd(setup.spec))
+
+
+def _build_rootfs(setup: ContainerSetup, root: Path) -> None:
+    s = setup.spec
+    mounts = spec.mounts(s)
+    rootfs.prepare_root(root, spec.rootfs_propagation(s))
+    host_network = namespaces.is_shared_with_host(spec.namespaces(s), "network")
+    rootfs.mount_all(root, mounts, bundle=Path(setup.bundle), host_network=host_network)
+    if devices.needs_setup_dev(mounts):
+        devices.setup_dev(root, spec.devices(s))
+
+
+def _set_process_limits(s: spec.Spec) -> None:
+    # Before pivot_root: oom_score_adj goes through the host's /proc, which exists whether
+    # or not the spec mounts one.
+    set_rlimits(spec.rlimits(s))
+    set_oom_score_adj(spec.oom_score_adj(s))
+
+
+def _configure_container(s: spec.Spec) -> None:
+    # After pivot_root, runc's standard_init order.
+    set_hostname(s, spec.namespaces(s))
+    set_sysctls(spec.sysctl(s))  # before /proc/sys, usually a read-only path, is sealed
+    for path in spec.readonly_paths(s):
+        with step(f"making {path} read-only"):
+            rootfs.readonly_path(path)
+    for path in spec.masked_paths(s):
+        with step(f"masking {path}"):
+            rootfs.mask_path(path)
+    _finalize_rootfs(s, spec.mounts(s))
 
 
 def _finalize_rootfs(s: spec.Spec, mounts: Sequence[spec.Mount]) -> None:
@@ -368,6 +417,8 @@ def _finalize_rootfs(s: spec.Spec, mounts: Sequence[spec.Mount]) -> None:
     if spec.root_readonly(s):
         with step("remounting / read-only"):
             rootfs.remount_readonly("/")
+    # Last: an unbindable tree would refuse the read-only and masked path bind mounts.
+    rootfs.apply_root_propagation(spec.rootfs_propagation(s))
     os.umask(0o022)
 
 

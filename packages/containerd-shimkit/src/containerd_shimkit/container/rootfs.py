@@ -9,6 +9,7 @@ runc's order: :func:`prepare_root`, :func:`mount_all`, then ``/dev`` (:mod:`.dev
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -177,13 +178,18 @@ def mount_rootfs(mounts: Iterable[tuple[str, str, Sequence[str]]], target: Path)
 def unmount_rootfs(target: Path) -> None:
     """Unmount everything mounted on ``target`` (stacked mounts too), detaching busy ones.
 
-    Idempotent: a path that is not a mount point or does not exist is not an error.
+    Idempotent: a path that is not a mount point, or does not exist, is left alone (and
+    needs no privileges). Mount points are looked up in mountinfo, not with
+    ``os.path.ismount``, which misses bind mounts within one filesystem.
     """
+    path = os.path.realpath(target)
     for _ in range(64):
+        if not any(info.mount_point == path for info in _read_mountinfo()):
+            return
         try:
-            _libc.umount2(target, _libc.MNT_DETACH)
+            _libc.umount2(path, _libc.MNT_DETACH)
         except OSError as exc:
-            if exc.errno in (22, 2):  # EINVAL: not a mount point; ENOENT: no such path
+            if exc.errno in (errno.EINVAL, errno.ENOENT):
                 return
             raise ContainerError(f"unmounting {target}: {exc.strerror}") from exc
     raise ContainerError(f"unmounting {target}: still mounted after 64 unmounts")
@@ -308,16 +314,31 @@ def prepare_root(rootfs: Path, propagation: str) -> None:
     parent mount private if it is shared, and bind-mount the rootfs onto itself.
 
     The parent must not be shared for two reasons (runc): pivot_root(2) refuses it, and
-    the bind mount would propagate to the host.
+    the bind mount would propagate to the host. An unbindable tree could not be
+    bind-mounted at all, so unbindable is applied only after pivot_root (see
+    :func:`apply_root_propagation`), and the tree is made rslave until then.
     """
+    flags = root_propagation_flags(propagation)
+    if flags & _libc.MS_UNBINDABLE:
+        flags = _libc.MS_SLAVE | _libc.MS_REC
     with step("setting mount propagation of /"):
-        _libc.mount(None, "/", None, root_propagation_flags(propagation))
+        _libc.mount(None, "/", None, flags)
     with step(f"making the parent mount of {rootfs} private"):
         parent = parent_mount(str(rootfs), _read_mountinfo())
         if any(opt.startswith("shared:") for opt in parent.optional):
             _libc.mount(None, parent.mount_point, None, _libc.MS_PRIVATE)
     with step(f"bind-mounting {rootfs} onto itself"):
         _libc.mount(str(rootfs), rootfs, None, _libc.MS_BIND | _libc.MS_REC)
+
+
+def apply_root_propagation(propagation: str) -> None:
+    """Once the mount tree is complete, apply ``linux.rootfsPropagation`` to the new ``/``
+    too, as runc 1.1 does after pivot_root (private is already in effect from
+    :func:`prepare_root`)."""
+    flags = root_propagation_flags(propagation)
+    if propagation and not flags & _libc.MS_PRIVATE:
+        with step(f"setting mount propagation of the container's / to {propagation}"):
+            _libc.mount(None, "/", None, flags)
 
 
 def _create_mount_point(dest: Path, is_dir: bool) -> None:
