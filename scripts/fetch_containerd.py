@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ DEFAULT_CACHE = REPO / ".cache" / "containerd"
 # The series Debian bookworm itself ships; it is used from /usr/bin, never fetched.
 SYSTEM_SERIES = "1.6"
 SYSTEM_BIN = Path("/usr/bin")
+LISTS_MAX_AGE = 6 * 3600.0  # seconds
 DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 CRI_API_PACKAGE = "golang-k8s-cri-api-dev"
 CRI_API_PATH = "usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto"
@@ -218,6 +220,7 @@ class PrivateApt:
         for d in ("etc/sources.list.d", "etc/preferences.d", "state/lists/partial",
                   "cache/archives/partial"):  # fmt: skip
             (root / d).mkdir(parents=True, exist_ok=True)
+        self.sources_text = sources_text
         (root / "etc" / "sources.list").write_text(sources_text)
         status = root / "state" / "status"
         if not status.exists():
@@ -251,6 +254,18 @@ class PrivateApt:
 
     def update(self) -> None:
         self._run("apt-get", "-q", "update")
+        (self.root / "state" / "updated").write_text(self.sources_text)
+
+    def lists_fresh(self, max_age: float) -> bool:
+        """Whether an update for the current sources ran less than ``max_age`` seconds ago."""
+        stamp = self.root / "state" / "updated"
+        try:
+            return (
+                stamp.read_text() == self.sources_text
+                and time.time() - stamp.stat().st_mtime < max_age
+            )
+        except OSError:
+            return False
 
     def candidate(self, package: str) -> str | None:
         """The version apt would pick (the ``apt-cache policy`` Candidate), or None."""
@@ -332,6 +347,8 @@ class Resolver:
     """Finds the Debian mirror once and keeps one updated private apt per channel."""
 
     root: Path
+    #: Update the package lists even when they are fresh (``--refresh``).
+    force_update: bool = False
     _mirrors: DebianMirrors | None = None
     _apts: dict[str, PrivateApt] = field(default_factory=dict)
 
@@ -345,26 +362,42 @@ class Resolver:
             apt = PrivateApt(
                 self.root / "apt" / channel, channel_sources_list(channel, self.mirrors())
             )
-            apt.update()
+            # Package lists younger than LISTS_MAX_AGE are reused: a second fetch (another
+            # series, or the CRI proto) then costs no index download.
+            if self.force_update or not apt.lists_fresh(LISTS_MAX_AGE):
+                apt.update()
             self._apts[channel] = apt
         return self._apts[channel]
+
+
+def _cached(root: Path, series: str) -> Path | None:
+    """The cached dir of ``series`` (or of the series a suite name last resolved to)."""
+    if series in CHANNELS:
+        # A suite name is remembered as the series it had when fetched (<cache>/sid.json),
+        # so that asking for "sid" again needs no network either.
+        try:
+            series = json.loads((root / f"{series}.json").read_text())["series"]
+        except (OSError, ValueError, KeyError):
+            return None
+    return root / series if _manifest_ok(root / series) else None
 
 
 def ensure_containerd(series: str, root: Path | None = None, *, refresh: bool = False) -> Path:
     """Return the cache dir of containerd ``series`` (``1.7``, ``2.1``, or a suite name).
 
     Fetches and unpacks containerd and runc from the first suite whose containerd belongs to
-    the series, unless the cache already has it (then no network is used).
+    the series, unless the cache already has it (then no network is used). A suite name
+    (``trixie``, ``sid``) takes whatever that suite has; the dir is named by its series.
     """
     root = root or cache_root()
     if series == SYSTEM_SERIES:
         return SYSTEM_BIN
-    if series not in CHANNELS and not refresh and _manifest_ok(root / series):
-        return root / series
+    if not refresh and (hit := _cached(root, series)):
+        return hit
     with _locked(root):
-        if series not in CHANNELS and not refresh and _manifest_ok(root / series):
-            return root / series  # another process fetched it while we waited
-        resolver = Resolver(root)
+        if not refresh and (hit := _cached(root, series)):
+            return hit  # another process fetched it while we waited
+        resolver = Resolver(root, force_update=refresh)
         channels = [series] if series in CHANNELS else list(CHANNELS)
         seen: dict[str, str | None] = {}
         for channel in channels:
@@ -373,19 +406,23 @@ def ensure_containerd(series: str, root: Path | None = None, *, refresh: bool = 
             if version is None:
                 continue
             got = series_of(version)
-            if series in CHANNELS or got == series:
-                if series in CHANNELS and not refresh and _manifest_ok(root / got):
-                    cached = json.loads((root / got / "manifest.json").read_text())
-                    if cached.get("containerd", {}).get("version") == version:
-                        return root / got
-                return _fetch_into(resolver, channel, version, root / got)
+            if series not in CHANNELS and got != series:
+                continue
+            vdir = root / got
+            cached = _manifest_ok(vdir) and json.loads((vdir / "manifest.json").read_text())
+            if not (cached and cached["containerd"]["version"] == version):
+                _fetch_into(resolver, channel, version, vdir)
+            if series in CHANNELS:
+                alias = {"series": got, "version": version}
+                (root / f"{series}.json").write_text(json.dumps(alias) + "\n")
+            return vdir
         raise FetchError(
             f"no Debian suite has containerd {series}; candidates: "
             + ", ".join(f"{c}={v}" for c, v in seen.items())
         )
 
 
-def _fetch_into(resolver: Resolver, channel: str, version: str, vdir: Path) -> Path:
+def _fetch_into(resolver: Resolver, channel: str, version: str, vdir: Path) -> None:
     apt = resolver.apt(channel)
     runc_version = apt.candidate("runc")
     tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=vdir.parent))
@@ -420,6 +457,7 @@ def _fetch_into(resolver: Resolver, channel: str, version: str, vdir: Path) -> P
                 # Typically "GLIBC_2.38 not found": trixie/sid runc is built against a newer
                 # glibc than bookworm's 2.36. The shim then finds bookworm's /usr/sbin/runc.
                 runc_info["fallback"] = shutil.which("runc")
+                shutil.rmtree(tmp / "runc")
         manifest = {
             "series": series_of(version),
             "suite": channel,
@@ -436,7 +474,6 @@ def _fetch_into(resolver: Resolver, channel: str, version: str, vdir: Path) -> P
         if vdir.exists():
             shutil.rmtree(vdir)
         tmp.rename(vdir)  # atomic publish: a half-fetched dir is never seen as cached
-        return vdir
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -455,7 +492,7 @@ def fetch_cri_api(root: Path | None = None, *, refresh: bool = False) -> Path:
     with _locked(root):
         if dest.is_file() and not refresh:
             return dest
-        resolver = Resolver(root)
+        resolver = Resolver(root, force_update=refresh)
         for channel in CHANNELS:
             apt = resolver.apt(channel)
             version = apt.candidate(CRI_API_PACKAGE)

@@ -15,8 +15,9 @@ machine-wide places with every other containerd, whatever its config says:
 - ``/run/netns/`` — CRI pod network namespaces;
 - ``/sys/fs/cgroup/<controller>/<ns>/<id>`` — runc's cgroups (cgroupfs driver).
 
-:meth:`PrivateContainerd.leftovers` compares these with a snapshot taken at start, so the
-report is exact when one private containerd runs at a time (tests run serially).
+:meth:`PrivateContainerd.leftovers` compares these with a snapshot taken at start and counts
+only entries that carry an id this containerd handled (see :class:`LeakTracker`), so tests
+running concurrently on the same machine neither see nor clean up each other's containers.
 """
 
 from __future__ import annotations
