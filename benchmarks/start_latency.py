@@ -34,8 +34,11 @@ def timed(argv: list[str], cwd: Path, stdin: bytes = b"") -> tuple[float, bytes]
     return (time.perf_counter() - start) * 1000, out
 
 
-def stop_daemons(containerd_address: str) -> None:
-    """SIGTERM the daemons this benchmark spawned (they name our scratch address)."""
+def stop_daemons(containerd_address: str, sockets: list[str]) -> None:
+    """Kill the daemons (and zygotes) this benchmark spawned and remove their sockets.
+
+    They are found by the scratch containerd address in their command line.
+    """
     needle = containerd_address.encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -46,7 +49,10 @@ def stop_daemons(containerd_address: str) -> None:
             continue
         if needle in argv and b"start" not in argv and b"delete" not in argv:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGTERM)
+                os.kill(int(entry.name), signal.SIGKILL)
+    for path in sockets:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def main() -> int:
@@ -78,23 +84,24 @@ def main() -> int:
             "delete",
         )
     }
+    sockets: list[str] = []
     try:
         for i in range(args.runs):
             results["python -c pass"].append(timed([sys.executable, "-c", "pass"], bundle)[0])
             results["python -I -S -c pass"].append(
                 timed([sys.executable, "-I", "-S", "-c", "pass"], bundle)[0]
             )
-            ms, _ = timed([str(SHIM), *flags, "-id", f"new{i}", "start"], bundle)
+            ms, out = timed([str(SHIM), *flags, "-id", f"new{i}", "start"], bundle)
             results["start (new daemon)"].append(ms)
+            sockets.append(out.decode().removeprefix("unix://"))
             ms, _ = timed([str(SHIM), *flags, "-id", f"new{i}", "start"], bundle)
             results["start (daemon running)"].append(ms)
             ms, _ = timed(
                 [str(SHIM), *flags, "-id", f"new{i}", "-bundle", str(bundle), "delete"], bundle
             )
             results["delete"].append(ms)
-            stop_daemons(str(scratch / "c.sock"))
-            time.sleep(0.05)
     finally:
+        stop_daemons(str(scratch / "c.sock"), sockets)
         shutil.rmtree(scratch, ignore_errors=True)
     floor = statistics.median(results["python -c pass"])
     print(f"{'command':28} {'median ms':>10} {'p90 ms':>8} {'× python -c pass':>17}")

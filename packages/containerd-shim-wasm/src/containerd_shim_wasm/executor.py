@@ -13,13 +13,14 @@ Exit codes: the guest's ``proc_exit(n)`` → n, a normal return → 0, a trap or
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
 from pathlib import Path
 from typing import Any
 
-from containerd_shimkit import logs
+from containerd_shimkit import logs, zygote
 from containerd_shimkit.container import (
     ContainerSetup,
     exec_native,
@@ -53,6 +54,26 @@ def resolve_native(args: list[str], env: list[str]) -> str | None:
     return resolved if is_native_executable(resolved) else None
 
 
+def scrub_environ_block() -> None:
+    """Zero the environment strings the kernel shows as ``/proc/<pid>/environ``.
+
+    The init is a fork of the shim, so that memory holds the shim's environment (what
+    containerd runs shims with: TTRPC_ADDRESS, the host's variables), and the container's
+    /proc shows it to the guest (``/proc/self/environ``, preopened ``/``) and to the pod.
+    ``os.environ``/``unsetenv`` do not touch it. The guest's env comes from the spec only.
+    Without a /proc there is nothing to read it through, and nothing to do.
+    """
+    try:
+        stat = Path("/proc/self/stat").read_text()
+    except OSError:
+        return
+    # Fields after "(comm)" start at field 3; env_start and env_end are fields 50 and 51.
+    fields = stat.rsplit(")", 1)[1].split()
+    env_start, env_end = int(fields[47]), int(fields[48])
+    if 0 < env_start < env_end:
+        ctypes.memset(env_start, 0, env_end - env_start)
+
+
 class WasmWorkload:
     """What the container's init process runs: a native exec or the engine's Sandbox."""
 
@@ -65,6 +86,7 @@ class WasmWorkload:
 
     def prepare(self, setup: ContainerSetup) -> None:
         """Inside the container before Start: choose native or wasm and validate."""
+        scrub_environ_block()
         process = setup.spec.get("process") or {}
         args, env = list(process.get("args") or []), list(process.get("env") or [])
         if resolve_native(args, env):
@@ -143,7 +165,7 @@ def spawn(shim: type[Shim], request: dict[str, Any], fds: list[int]) -> dict[str
     logs.instance_id.set(request["id"])
     logs.pod_id.set(pod)
     workload = WasmWorkload(shim, request.get("memory_limit"))
-    pid = spawn_init(setup, workload, fds[3])
+    pid = spawn_init(setup, workload, fds[3], close_fds=(zygote.channel_fd(),))
     return {"pid": pid}
 
 

@@ -30,7 +30,12 @@ from containerd_shimkit import (
     Zygote,
     ZygoteError,
 )
-from containerd_shimkit.container import mount_rootfs, resolve_rootfs, unmount_rootfs
+from containerd_shimkit.container import (
+    ContainerError,
+    mount_rootfs,
+    resolve_rootfs,
+    unmount_rootfs,
+)
 from containerd_shimkit.container.cgroups import Cgroup
 
 from .shim import Shim
@@ -123,7 +128,7 @@ class WasmInstance:
             mounts = [(m.type, m.source, list(m.options)) for m in config.rootfs]
             try:
                 mount_rootfs(mounts, self.rootfs)
-            except OSError as exc:
+            except (OSError, ContainerError) as exc:
                 raise FailedPrecondition(
                     f"cannot mount the rootfs at {self.rootfs}: {exc}"
                 ) from exc
@@ -138,8 +143,9 @@ class WasmInstance:
         except OSError as exc:
             raise FailedPrecondition(f"cannot create the cgroup: {exc}") from exc
         cgroup = self.cgroup
-        self._undo.push("kill cgroup", lambda: cgroup.kill_all(signal.SIGKILL))
+        # Undone in reverse: kill what is in the cgroup first, then remove it.
         self._undo.push("delete cgroup", cgroup.delete)
+        self._undo.push("kill cgroup", lambda: cgroup.kill_all(signal.SIGKILL))
         write_state(
             bundle,
             {
@@ -234,15 +240,39 @@ class WasmInstance:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> int:
-        assert self._channel is not None
+        assert self._channel is not None and self._exit is not None
         if self._stdin is not None:
             self._stdin.start()
+        loop = asyncio.get_running_loop()
+        channel, self._channel = self._channel, None
         try:
-            await asyncio.get_running_loop().sock_sendall(self._channel, b'{"start": true}')
-        except OSError as exc:
-            raise FailedPrecondition(f"container {self.id} init is gone: {exc.strerror}") from exc
-        self._channel.close()
-        self._channel = None
+            try:
+                await loop.sock_sendall(channel, b'{"start": true}')
+            except OSError as exc:
+                raise FailedPrecondition(
+                    f"container {self.id} init is gone: {exc.strerror}"
+                ) from exc
+            # The init answers "started" once user, capabilities and seccomp are applied,
+            # or the error that stopped it (a seccomp profile libseccomp refuses, say):
+            # that must fail Start, not show up as an unexplained exit status 1. An init
+            # that dies first (killed meanwhile) is reported by the exit waiter instead.
+            receive = loop.create_task(loop.sock_recv(channel, 65536))
+            waiting: set[asyncio.Future[Any]] = {receive, self._exit}
+            done, _ = await asyncio.wait(
+                waiting, timeout=SETUP_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
+            if receive not in done:
+                receive.cancel()
+                return self._pid
+            reply = receive.result()
+        except OSError as exc:  # ECONNRESET: the init died meanwhile; the waiter reports it
+            log.debug("no start reply from the init", extra={"error": str(exc)})
+            return self._pid
+        finally:
+            channel.close()
+        message = json.loads(reply) if reply else {}
+        if "error" in message:
+            raise FailedPrecondition(f"cannot start container {self.id}: {message['error']}")
         return self._pid
 
     def _kill_pid(self, sig: int) -> None:
@@ -305,7 +335,7 @@ class WasmInstance:
 
     async def close_stdin(self) -> None:
         if self._stdin is not None:
-            self._stdin.close()
+            self._stdin.close_input()  # not close(): input still in the FIFO must arrive
 
 
 def instance_class(shim: type[Shim]) -> type[WasmInstance]:

@@ -37,7 +37,42 @@ class StdinRelay:
         """Start copying (needs the running loop). The caller closes ``read_end`` once the
         container has its copy."""
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._fifo, self._on_readable)
+        if self._fifo >= 0:
+            self._loop.add_reader(self._fifo, self._on_readable)
+        else:  # close_input came before Start: deliver what it drained, then EOF
+            self._deliver_rest()
+
+    def close_input(self) -> None:
+        """``CloseIO``: the client has sent everything; deliver it, then end-of-file.
+
+        ``ctr`` calls CloseIO as soon as its own stdin ends, while what it wrote may still
+        sit in the FIFO (and in ``_pending``): closing at once would cut the input short.
+        All of it is in the FIFO already (the client writes before it reads EOF), so it is
+        drained without waiting for the writer to close its end.
+        """
+        if self._fifo >= 0:
+            self._stop_reading()
+            while True:
+                try:
+                    data = os.read(self._fifo, 65536)
+                except OSError:  # BlockingIOError: drained
+                    break
+                if not data:
+                    break
+                self._pending += data
+            os.close(self._fifo)
+            self._fifo = -1
+        self._eof = True
+        if self._loop is not None:
+            self._deliver_rest()
+
+    def _deliver_rest(self) -> None:
+        if self._write_end < 0:
+            return
+        if self._pending:
+            self._flush()  # what it cannot write now, _on_writable writes (then closes)
+        if not self._pending:
+            self.close()
 
     def _on_readable(self) -> None:
         try:
