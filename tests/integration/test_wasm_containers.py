@@ -703,11 +703,6 @@ def test_pause_freezes_the_guest_and_resume_thaws_it(env: Env) -> None:
     assert proc.returncode == 137
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="containerd_shimkit.task: State reports RUNNING for a paused task (no PAUSED "
-    "state in TaskState; pause/resume do not advance the record's state)",
-)
 def test_paused_task_is_reported_paused(env: Env) -> None:
     cid = env.new_id("paused")
     env.run_detached(HELLO, cid, "/demo.wasm", "daemon")

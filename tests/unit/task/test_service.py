@@ -189,3 +189,23 @@ async def test_pids_lists_init_and_connect_reports_pids() -> None:
     assert [p.pid for p in pids.processes] == [created.pid]
     connected = await service.connect(shim_pb2.ConnectRequest(id="c1"))
     assert connected.task_pid == created.pid and connected.shim_pid > 0
+
+
+async def test_pause_resume_states_and_events() -> None:
+    service, sink, _ = make_service()
+    await create(service)
+    with pytest.raises(FailedPrecondition, match="pause"):
+        await service.pause(shim_pb2.PauseRequest(id="c1"))  # not running yet
+    await service.start(shim_pb2.StartRequest(id="c1"))
+    await service.pause(shim_pb2.PauseRequest(id="c1"))
+    state = await service.state(shim_pb2.StateRequest(id="c1"))
+    assert state.status == task_types_pb2.PAUSED
+    with pytest.raises(FailedPrecondition, match="still running"):
+        await service.delete(shim_pb2.DeleteRequest(id="c1"))
+    await service.resume(shim_pb2.ResumeRequest(id="c1"))
+    assert (await service.state(shim_pb2.StateRequest(id="c1"))).status == task_types_pb2.RUNNING
+    await service.pause(shim_pb2.PauseRequest(id="c1"))
+    await service.kill(shim_pb2.KillRequest(id="c1", signal=9))  # a frozen task can be killed
+    waited = await asyncio.wait_for(service.wait(shim_pb2.WaitRequest(id="c1")), 1)
+    assert waited.exit_status == 137
+    assert sink.topics()[2:] == ["/tasks/paused", "/tasks/resumed", "/tasks/paused", "/tasks/exit"]

@@ -62,6 +62,12 @@ class InstanceStub:
     async def delete(self) -> None:
         self._record("delete")
 
+    async def pause(self) -> None:
+        self._record("pause")
+
+    async def resume(self) -> None:
+        self._record("resume")
+
     async def wait(self) -> ExitStatus:
         return await asyncio.shield(self._exit)
 

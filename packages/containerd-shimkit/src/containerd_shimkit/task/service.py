@@ -38,7 +38,7 @@ from .instance import (
 )
 from .options import decode_options
 from .record import TaskRecord
-from .state import TaskEvent, TaskState
+from .state import TaskEvent, TaskState, transition
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ _STATUS = {
     TaskState.CREATED: task_types_pb2.CREATED,
     TaskState.STARTING: task_types_pb2.CREATED,
     TaskState.RUNNING: task_types_pb2.RUNNING,
+    TaskState.PAUSED: task_types_pb2.PAUSED,
     TaskState.EXITED: task_types_pb2.STOPPED,
     TaskState.DELETING: task_types_pb2.STOPPED,
 }
@@ -218,7 +219,7 @@ class TaskService:
         with container_context(record.id):
             async with record.lock:
                 previous = record.state
-                if previous in (TaskState.STARTING, TaskState.RUNNING):
+                if previous in (TaskState.STARTING, TaskState.RUNNING, TaskState.PAUSED):
                     raise FailedPrecondition(
                         f"container {record.id!r} is still running: kill it before deleting"
                     )
@@ -307,7 +308,10 @@ class TaskService:
         record = self._get(request.id)
         if not isinstance(record.instance, SupportsPause):
             raise Unimplemented("pause is not supported by this shim")
-        await record.instance.pause()
+        async with record.lock:
+            transition(record.state, TaskEvent.PAUSE)  # refuse before touching the cgroup
+            await record.instance.pause()
+            record.advance(TaskEvent.PAUSE)
         self.events.publish(events_pb2.TaskPaused(container_id=record.id))
         return Empty()
 
@@ -316,7 +320,10 @@ class TaskService:
         record = self._get(request.id)
         if not isinstance(record.instance, SupportsPause):
             raise Unimplemented("resume is not supported by this shim")
-        await record.instance.resume()
+        async with record.lock:
+            transition(record.state, TaskEvent.RESUME)
+            await record.instance.resume()
+            record.advance(TaskEvent.RESUME)
         self.events.publish(events_pb2.TaskResumed(container_id=record.id))
         return Empty()
 

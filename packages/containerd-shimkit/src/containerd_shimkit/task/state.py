@@ -6,7 +6,8 @@ Rule 2: this module knows nothing about containers or RPCs, only states and even
 ::
 
     CREATED --start--> STARTING --started--> RUNNING --exited--> EXITED
-       |                   \\--failed--> EXITED                     |
+       |                   \\--failed--> EXITED   pause| ^resume     |
+       |                                        PAUSED --exited--^   |
        \\--delete--> DELETING <--------------delete-----------------/
                         \\--delete_failed--> (back to where it came from)
 """
@@ -24,6 +25,7 @@ class TaskState(Enum):
     CREATED = "created"
     STARTING = "starting"
     RUNNING = "running"
+    PAUSED = "paused"
     EXITED = "exited"
     DELETING = "deleting"
 
@@ -36,6 +38,8 @@ class TaskEvent(Enum):
     START_FAILED = "start_failed"
     EXITED = "exited"
     DELETE = "delete"
+    PAUSE = "pause"
+    RESUME = "resume"
 
 
 TRANSITIONS: dict[tuple[TaskState, TaskEvent], TaskState] = {
@@ -45,6 +49,10 @@ TRANSITIONS: dict[tuple[TaskState, TaskEvent], TaskState] = {
     # A process can exit while Start is still returning (it ran for microseconds).
     (TaskState.STARTING, TaskEvent.EXITED): TaskState.EXITED,
     (TaskState.RUNNING, TaskEvent.EXITED): TaskState.EXITED,
+    (TaskState.RUNNING, TaskEvent.PAUSE): TaskState.PAUSED,
+    (TaskState.PAUSED, TaskEvent.RESUME): TaskState.RUNNING,
+    # A frozen process can still be killed (SIGKILL reaches frozen tasks).
+    (TaskState.PAUSED, TaskEvent.EXITED): TaskState.EXITED,
     (TaskState.CREATED, TaskEvent.DELETE): TaskState.DELETING,
     (TaskState.EXITED, TaskEvent.DELETE): TaskState.DELETING,
 }
