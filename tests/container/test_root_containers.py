@@ -282,10 +282,24 @@ def test_cgroup_is_joined_by_the_helper(harness: Harness, tmp_path: Path) -> Non
     assert int(marker.read_text()) not in (os.getpid(), 0)
 
 
+def _mounts_under(directory: Path) -> list[str]:
+    """Host mount table lines whose mount point is below ``directory``.
+
+    Scoped to the test's own directory: other processes on the machine (a containerd, another
+    test run) may mount and unmount elsewhere while the test runs.
+    """
+    prefix = str(directory.resolve())
+    return [
+        line
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if line.split()[4] == prefix or line.split()[4].startswith(prefix + "/")
+    ]
+
+
 def test_nothing_leaks_into_the_host_mount_table(harness: Harness) -> None:
-    before = Path("/proc/self/mountinfo").read_text()
+    before = _mounts_under(harness.bundle.parent)
     harness.run(sh("true"))
-    assert Path("/proc/self/mountinfo").read_text() == before
+    assert _mounts_under(harness.bundle.parent) == before
 
 
 def _mount_points() -> set[str]:
@@ -334,8 +348,8 @@ def test_joins_an_existing_pid_namespace(harness: Harness) -> None:
 
 @pytest.mark.parametrize("propagation", ["private", "rslave", "rshared", "runbindable"])
 def test_rootfs_propagation(harness: Harness, propagation: str) -> None:
-    before = Path("/proc/self/mountinfo").read_text()
+    before = _mounts_under(harness.bundle.parent)
     spec = sh("echo ok")
     spec["linux"]["rootfsPropagation"] = propagation
     assert harness.run(spec).stdout == "ok\n"
-    assert Path("/proc/self/mountinfo").read_text() == before
+    assert _mounts_under(harness.bundle.parent) == before
