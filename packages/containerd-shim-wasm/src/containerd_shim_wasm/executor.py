@@ -30,7 +30,7 @@ from containerd_shimkit.container import (
 from containerd_shimkit.container.cgroups import Cgroup
 from containerd_shimkit.zygote import Handler
 
-from .context import FileSource, SpecContext, env_path
+from .context import FileSource, SpecContext, WasmLayer, env_path
 from .sandbox import ResourceLimits, Sandbox
 from .shim import Shim
 
@@ -77,9 +77,12 @@ def scrub_environ_block() -> None:
 class WasmWorkload:
     """What the container's init process runs: a native exec or the engine's Sandbox."""
 
-    def __init__(self, shim: type[Shim], memory_limit: int | None) -> None:
+    def __init__(
+        self, shim: type[Shim], memory_limit: int | None, layers: tuple[WasmLayer, ...] = ()
+    ) -> None:
         self.shim = shim
         self.memory_limit = memory_limit
+        self.layers = layers
         self.native = False
         self.sandbox: Sandbox | None = None
         self.context: SpecContext | None = None
@@ -89,11 +92,11 @@ class WasmWorkload:
         scrub_environ_block()
         process = setup.spec.get("process") or {}
         args, env = list(process.get("args") or []), list(process.get("env") or [])
-        if resolve_native(args, env):
+        if not self.layers and resolve_native(args, env):
             self.native = True
             log.debug("running a native executable", extra={"arg0": args[0]})
             return
-        self.context = SpecContext(args, env)
+        self.context = SpecContext(args, env, self.layers)
         sandbox = self.shim.sandbox()()
         sandbox.limits = ResourceLimits(memory_bytes=self.memory_limit)
         self.sandbox = sandbox
@@ -143,10 +146,16 @@ async def _run_until_signal(sandbox: Sandbox, ctx: SpecContext) -> int:
 
 def spawn(shim: type[Shim], request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
     """Zygote request handler: fork one container's init; reply with its pid."""
-    if request.get("op") != "spawn" or len(fds) != 4:
+    layer_info = request.get("layers") or []
+    if request.get("op") != "spawn" or len(fds) != 4 + len(layer_info):
         raise ValueError(f"bad zygote request {request.get('op')!r} with {len(fds)} fds")
     import json
 
+    # Read in the zygote, before the fork: the init shares the bytes copy-on-write.
+    layers = tuple(
+        WasmLayer(info["media_type"], info["digest"], read_memfd(fd), bool(info["precompiled"]))
+        for info, fd in zip(layer_info, fds[4:], strict=True)
+    )
     bundle = Path(request["bundle"])
     spec = json.loads((bundle / "config.json").read_text())
     cgroup_state = request.get("cgroup")
@@ -164,9 +173,18 @@ def spawn(shim: type[Shim], request: dict[str, Any], fds: list[int]) -> dict[str
     # The init process inherits these: its log records carry the ids automatically.
     logs.instance_id.set(request["id"])
     logs.pod_id.set(pod)
-    workload = WasmWorkload(shim, request.get("memory_limit"))
+    workload = WasmWorkload(shim, request.get("memory_limit"), layers)
     pid = spawn_init(setup, workload, fds[3], close_fds=(zygote.channel_fd(),))
     return {"pid": pid}
+
+
+def read_memfd(fd: int) -> bytes:
+    """The whole content of an anonymous file received from the daemon."""
+    size = os.fstat(fd).st_size
+    data = os.pread(fd, size, 0)
+    if len(data) != size:
+        raise ValueError(f"short read of a wasm layer: {len(data)} of {size} bytes")
+    return data
 
 
 def zygote_factory(shim: type[Shim], log_level: int) -> Handler:

@@ -38,6 +38,7 @@ from containerd_shimkit.container import (
 )
 from containerd_shimkit.container.cgroups import Cgroup
 
+from .context import WasmLayer, env_path
 from .shim import Shim
 from .state import remove_state, write_state
 from .stdio import StdinRelay, open_output
@@ -183,7 +184,9 @@ class WasmInstance:
         ours.setblocking(False)
         self._channel = ours
         self._undo.push("close channel", ours.close)
+        layers = await self._wasm_layers()
         fds = self._stdio_fds()
+        layer_fds = [layer_memfd(layer) for layer in layers]
         request = {
             "op": "spawn",
             "id": self.id,
@@ -191,14 +194,18 @@ class WasmInstance:
             "rootfs": str(self.rootfs),
             "cgroup": self.cgroup.to_state() if self.cgroup else None,
             "memory_limit": memory_limit(self.spec),
+            "layers": [
+                {"media_type": x.media_type, "digest": x.digest, "precompiled": x.precompiled}
+                for x in layers
+            ],
         }
         try:
-            reply = await zygote.request(request, [*fds, theirs.fileno()])
+            reply = await zygote.request(request, [*fds, theirs.fileno(), *layer_fds])
         except ZygoteError as exc:
             raise InvalidArgument(f"cannot create container {self.id}: {exc}") from exc
         finally:
             theirs.close()
-            for fd in fds:
+            for fd in [*fds, *layer_fds]:
                 if self._stdin is None or fd != self._stdin.read_end:
                     os.close(fd)
         self._pid = int(reply["pid"])
@@ -218,6 +225,32 @@ class WasmInstance:
             os.close(self._stdin.read_end)  # the container holds its own copy now
             self._stdin.read_end = -1
         self._undo.steps.clear()
+
+    async def _wasm_layers(self) -> tuple[WasmLayer, ...]:
+        """The image's wasm layers, when the module is not a file in the rootfs.
+
+        A module present in the rootfs (an image with the module as a file) is used as is, so
+        such containers never pay for a gRPC round trip to containerd (nor for importing
+        grpc). Otherwise the layers come from containerd's content store, precompiled when
+        the shim has a Compiler. Failures are logged and the container falls back to the
+        rootfs, where Create then reports a missing module clearly.
+        """
+        args = list((self.spec.get("process") or {}).get("args") or [])
+        envs = list((self.spec.get("process") or {}).get("env") or [])
+        if not args or module_in_rootfs(self.rootfs, args[0], envs):
+            return ()
+        from .layers import LayerError, load_wasm_layers
+
+        try:
+            return await load_wasm_layers(
+                self.config.containerd_address, self.config.namespace, self.id, type(self).shim
+            )
+        except LayerError as exc:
+            log.warning(
+                "not using the image's wasm layers; the module must come from the rootfs",
+                extra={"error": str(exc)},
+            )
+            return ()
 
     async def _await_ready(self) -> None:
         assert self._channel is not None and self._exit is not None
@@ -336,6 +369,37 @@ class WasmInstance:
     async def close_stdin(self) -> None:
         if self._stdin is not None:
             self._stdin.close_input()  # not close(): input still in the FIFO must arrive
+
+
+def module_in_rootfs(rootfs: Path, arg0: str, envs: list[str]) -> bool:
+    """Whether ``args[0]`` (``path[#func]``) names an existing file inside ``rootfs``.
+
+    Resolved as the container would: a path with ``/`` from ``/`` (a relative one from the
+    spec's cwd would need the cwd; taking ``/`` errs towards loading layers), a bare name in
+    the container's PATH. Symlinks are not followed out of the rootfs.
+    """
+    path = arg0.partition("#")[0]
+    if not path:
+        return False
+    candidates = [path] if "/" in path else [f"{d}/{path}" for d in env_path(envs).split(":") if d]
+    for candidate in candidates:
+        target = rootfs / candidate.lstrip("/")
+        if target.is_file() and target.resolve().is_relative_to(rootfs.resolve()):
+            return True
+    return False
+
+
+def layer_memfd(layer: WasmLayer) -> int:
+    """An anonymous file holding the layer's bytes, to hand to the zygote.
+
+    Layers can be megabytes: too big for one zygote message, and a memfd costs no copy
+    through the socket.
+    """
+    fd = os.memfd_create(f"wasm-layer-{layer.digest[-12:]}", os.MFD_CLOEXEC)
+    view = memoryview(layer.data)
+    while view:
+        view = view[os.write(fd, view) :]
+    return fd
 
 
 def instance_class(shim: type[Shim]) -> type[WasmInstance]:
