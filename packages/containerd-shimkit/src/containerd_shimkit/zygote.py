@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -106,6 +107,8 @@ class Zygote:
             code = 0
             try:
                 global _channel_fd
+                if "ssl" in sys.modules and sys.modules["ssl"] is None:
+                    del sys.modules["ssl"]  # the daemon keeps ssl out; engines may need it
                 parent.close()
                 _channel_fd = child.fileno()
                 keep = sorted({child.fileno(), *keep_fds})

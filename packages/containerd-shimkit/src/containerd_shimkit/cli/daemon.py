@@ -40,6 +40,9 @@ def open_log(bundle: Path) -> None:
 
 def main_serve(flags: Flags, spec: ShimSpec) -> int:
     """Run the daemon until Shutdown (with no containers left) or SIGTERM."""
+    # asyncio imports ssl (~4 MB resident) for TLS this daemon never uses: its sockets are
+    # unix sockets, and grpc brings its own TLS. The zygote puts it back for engines.
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     from .. import logs
     from ..reaper import set_child_subreaper
 
@@ -49,11 +52,17 @@ def main_serve(flags: Flags, spec: ShimSpec) -> int:
         logs.setup(logs.level_from(flags.debug, spec.default_log_level))
     logs.pod_id.set(group_of(bundle, flags.id))
     set_child_subreaper()
-    if spec.prepare_daemon is not None:
-        spec.prepare_daemon()  # e.g. fork the zygote while this process has one thread
-
     import asyncio
     import logging
+
+    from .. import ttrpc  # noqa: F401 - loaded before the fork below, see there
+    from ..api import shim_pb2, shim_v3_pb2  # noqa: F401
+    from ..task import service  # noqa: F401
+
+    if spec.prepare_daemon is not None:
+        # Fork the zygote now: after the heavy imports, so daemon and zygote share their
+        # pages copy-on-write, and before the event loop, while there is one thread.
+        spec.prepare_daemon()
 
     try:
         return asyncio.run(_serve(flags, spec))

@@ -23,8 +23,8 @@ class ShimSpec:
         name: the shim's name, printed by ``-v`` (e.g. ``containerd-shim-wasmtime-v1``).
         version: returns ``(version, revision)``; called only for ``-v`` and ``-info``.
         instance: returns the :class:`Instance` class; called only in the daemon.
-        prepare_daemon: runs in the daemon before asyncio is imported and while it has a
-            single thread (fork a zygote here).
+        prepare_daemon: runs in the daemon after its heavy imports but before the event loop
+            starts, while it has a single thread (fork a zygote here).
         cleanup: extra cleanup for the ``delete`` action; returns the init pid or 0.
         default_log_level: the daemon's level without ``-debug`` or ``$SHIM_LOG_LEVEL``.
         setup_logging: configure the root logger for containerd's log FIFO (turn off when
