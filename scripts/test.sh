@@ -10,7 +10,7 @@ echo "== ruff"
 ruff check .
 ruff format --check .
 echo "== mypy --strict"
-mypy packages/containerd-shimkit/src packages/containerd-shim-wasm/src packages/containerd-shim-wasmtime/src tests/support
+mypy packages/containerd-shimkit/src packages/containerd-shim-wasm/src packages/containerd-shim-wasmtime/src tests/support tests/fixtures benchmarks
 echo "== generated protobuf modules are current"
 python scripts/gen_protos.py --check
 echo "== pytest (containerd 1.6, Debian bookworm)"
