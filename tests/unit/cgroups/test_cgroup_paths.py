@@ -19,6 +19,7 @@ from containerd_shimkit.container.cgroups import (
     clean_path,
     detect_layout,
     expand_slice,
+    is_systemd_cgroups_path,
     parse_mountinfo,
     parse_proc_cgroup,
     scan_layout,
@@ -87,6 +88,26 @@ def test_systemd_path_defaults() -> None:
     assert systemd_path(":docker:x", "x") == "/system.slice/docker-x.scope"
     assert systemd_path("system.slice::x", "x") == "/system.slice/-x.scope"  # as runc
     assert systemd_path("user.slice:p:my-sub.slice", "x") == "/user.slice/my-sub.slice"
+
+
+@pytest.mark.parametrize(
+    ("path", "systemd"),
+    [
+        ("kubepods-besteffort-pod1_2.slice:cri-containerd:abc", True),  # CRI, .slice parent
+        (":cri-containerd:abc", True),  # empty slice: system.slice
+        ("/kubepods/besteffort/pod12/abc", False),  # CRI, cgroupfs parent
+        ("/k8s.io/abc", False),
+        ("", False),
+        ("abc", False),
+        ("x:p:n", False),  # not a slice
+        (".slice:p:n", False),
+        ("a.slice:p:", False),
+        ("a.slice:p:n:x", False),
+        ("/a.slice:p:n", False),
+    ],
+)
+def test_is_systemd_cgroups_path(path: str, systemd: bool) -> None:
+    assert is_systemd_cgroups_path(path) is systemd
 
 
 @pytest.mark.parametrize("bad", ["/k8s.io/abc", "a:b", "a:b:c:d", "system.slice:p:", "x:p:n"])

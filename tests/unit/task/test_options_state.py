@@ -9,6 +9,7 @@ import pytest
 
 from containerd_shimkit.api import runtimeoptions_pb2
 from containerd_shimkit.errors import FailedPrecondition, InvalidArgument
+from containerd_shimkit.task import options as options_module
 from containerd_shimkit.task.options import decode_options, parse_toml_options
 from containerd_shimkit.task.state import TRANSITIONS, TaskEvent, TaskState, transition
 
@@ -48,6 +49,25 @@ def test_unknown_keys_are_logged_not_silently_dropped(caplog: pytest.LogCaptureF
         options = parse_toml_options("SystemdCgrop = true\n")
     assert options.extra == {"SystemdCgrop": True}
     assert "SystemdCgrop" in caplog.text
+
+
+def test_empty_runtime_options_are_reported_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """containerd 1.6 sends the Any with an empty value (it dropped the options table)."""
+    monkeypatch.setattr(options_module, "_warned_empty", False)
+    with caplog.at_level(logging.WARNING):
+        first = decode_options("runtimeoptions.v1.Options", b"")
+        decode_options("runtimeoptions.v1.Options", b"")
+    assert first.systemd_cgroup is False and first.extra == {}
+    warnings = [r.getMessage() for r in caplog.records if "empty" in r.getMessage()]
+    assert len(warnings) == 1 and "ConfigPath" in warnings[0], warnings
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        body = runtimeoptions_pb2.Options(config_body=b"SystemdCgroup = true\n")
+        decode_options("runtimeoptions.v1.Options", body.SerializeToString())
+        decode_options("", b"")  # no options table at all: nothing to report
+    assert caplog.records == []
 
 
 def test_every_state_event_pair_is_either_a_transition_or_refused() -> None:

@@ -36,7 +36,7 @@ from containerd_shimkit.container import (
     resolve_rootfs,
     unmount_rootfs,
 )
-from containerd_shimkit.container.cgroups import Cgroup
+from containerd_shimkit.container.cgroups import Cgroup, is_systemd_cgroups_path
 
 from .context import WasmLayer, env_path
 from .shim import Shim
@@ -136,9 +136,12 @@ class WasmInstance:
             self.mounted = True
             self._undo.push("unmount rootfs", lambda: unmount_rootfs(self.rootfs))
         linux = spec.get("linux") or {}
-        self.cgroup = Cgroup.for_container(
-            linux.get("cgroupsPath") or "", self.id, systemd=config.options.systemd_cgroup
-        )
+        cgroups_path = linux.get("cgroupsPath") or ""
+        # The "slice:prefix:name" form also selects the systemd layout: containerd 1.6 drops
+        # a non-runc runtime's SystemdCgroup option, but its CRI still writes that form for
+        # a .slice pod parent (see is_systemd_cgroups_path).
+        systemd = config.options.systemd_cgroup or is_systemd_cgroups_path(cgroups_path)
+        self.cgroup = Cgroup.for_container(cgroups_path, self.id, systemd=systemd)
         try:
             self.cgroup.create(linux.get("resources"))
         except OSError as exc:

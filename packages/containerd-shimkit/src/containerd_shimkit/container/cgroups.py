@@ -91,6 +91,7 @@ __all__ = [
     "clean_path",
     "detect_layout",
     "expand_slice",
+    "is_systemd_cgroups_path",
     "systemd_path",
 ]
 
@@ -364,6 +365,22 @@ def systemd_path(cgroups_path: str, container_id: str) -> str:
     if not name or "/" in unit or unit in (".", ".."):
         raise _invalid(f"invalid systemd unit name {unit!r} from cgroupsPath {cgroups_path!r}")
     return posixpath.join(expand_slice(parent or "system.slice"), unit)
+
+
+def is_systemd_cgroups_path(cgroups_path: str) -> bool:
+    """Whether ``linux.cgroupsPath`` has the systemd driver's ``"slice:prefix:name"`` form.
+
+    containerd's CRI writes that form whenever the pod's cgroup parent is a ``.slice``
+    (kubelet's systemd driver), whatever the runtime's options say. containerd 1.6 never
+    passes a non-runc runtime its ``SystemdCgroup`` option (it sends an empty
+    ``runtimeoptions.v1.Options``), so the form is the only hint the shim gets there; read as
+    a cgroupfs path it would be a directory named ``a.slice:cri-containerd:<id>`` below the
+    shim's own cgroup, outside the pod's.
+    """
+    parts = cgroups_path.split(":")
+    if len(parts) != 3 or "/" in cgroups_path or not parts[2]:
+        return False
+    return parts[0] == "" or (parts[0].endswith(".slice") and len(parts[0]) > len(".slice"))
 
 
 def _join(base: Path, inner: str) -> Path:
