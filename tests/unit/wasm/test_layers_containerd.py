@@ -22,6 +22,7 @@ from containerd_shim_wasm.compiler import Compiler
 from containerd_shim_wasm.context import WasmLayer
 from containerd_shim_wasm.layers import (
     LayerError,
+    TooManyWasmLayers,
     gc_ref_label,
     invalidate_precompiled,
     load_wasm_layers,
@@ -424,7 +425,9 @@ async def test_unsupported_layer_types_are_not_wasm_layers(env: Env) -> None:
 async def test_more_than_one_wasm_layer_is_an_error(env: Env) -> None:
     env.fake.add_image("two", [(WASM_LAYER, MODULE), ("application/wasm", b"\0asm2")])
     env.fake.containers["c1"] = "two"
-    with pytest.raises(LayerError, match=r"has 2 wasm layers .* only one module per container"):
+    with pytest.raises(
+        TooManyWasmLayers, match=r"has 2 wasm layers .* only one module per container"
+    ):
         await env.load()
     assert env.compiler.calls == []
 

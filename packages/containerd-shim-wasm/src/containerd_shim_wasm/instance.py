@@ -242,12 +242,14 @@ class WasmInstance:
         envs = list((self.spec.get("process") or {}).get("env") or [])
         if not args or module_in_rootfs(self.rootfs, args[0], envs):
             return ()
-        from .layers import LayerError, load_wasm_layers
+        from .layers import LayerError, TooManyWasmLayers, load_wasm_layers
 
         try:
             return await load_wasm_layers(
                 self.config.containerd_address, self.config.namespace, self.id, type(self).shim
             )
+        except TooManyWasmLayers as exc:
+            raise InvalidArgument(str(exc)) from exc
         except LayerError as exc:
             log.warning(
                 "not using the image's wasm layers; the module must come from the rootfs",

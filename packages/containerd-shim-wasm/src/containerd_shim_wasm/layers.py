@@ -152,6 +152,14 @@ class LayerError(Exception):
         self.code = code
 
 
+class TooManyWasmLayers(LayerError):
+    """The image has more than one wasm layer; only one module per container is supported.
+
+    Unlike other layer errors this is final: falling back to the rootfs would only replace
+    it with a misleading "module not found".
+    """
+
+
 # --------------------------------------------------------------------------- OCI documents
 
 
@@ -704,7 +712,7 @@ async def _find_wasm_layers(
         log.debug("image %s has no layer of a wasm media type (%s)", image, ", ".join(supported))
         return None
     if len(layers) > 1:
-        raise LayerError(
+        raise TooManyWasmLayers(
             f"image {image!r} has {len(layers)} wasm layers "
             f"({', '.join(d.digest for d in layers)}); only one module per container is "
             "supported: build the image with a single wasm layer"
