@@ -1,0 +1,1 @@
+"""Tests of deploy/: install.sh, its containerd config helper, the manifests and snippets."""
