@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   containerd runc containernetworking-plugins iproute2 busybox-static
   clang lld wasi-libc libclang-rt-dev-wasm32 wabt libseccomp2 gcc libc6-dev hyperfine
+  shellcheck
 )
 
 missing=()
