@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from google.protobuf.message import Message
@@ -55,14 +53,11 @@ class EventSink(Protocol):
         ...
 
 
-@dataclass
 class RecordingSink:
     """An :class:`EventSink` that keeps events in memory (for tests and stand-ins)."""
 
-    events: list[Message]
-
     def __init__(self) -> None:
-        self.events = []
+        self.events: list[Message] = []
 
     def publish(self, event: Message) -> None:
         self.events.append(event)
@@ -166,8 +161,3 @@ class RemotePublisher:
 
             assert isinstance(client, Client)
             await client.close()
-
-
-def events_of(sink: RecordingSink, name: str) -> Sequence[Message]:
-    """The recorded events whose message name is ``name`` (e.g. ``TaskExit``)."""
-    return [e for e in sink.events if e.DESCRIPTOR.name == name]
