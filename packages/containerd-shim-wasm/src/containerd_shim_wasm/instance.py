@@ -150,17 +150,21 @@ class WasmInstance:
         # Undone in reverse: kill what is in the cgroup first, then remove it.
         self._undo.push("delete cgroup", cgroup.delete)
         self._undo.push("kill cgroup", lambda: cgroup.kill_all(signal.SIGKILL))
-        write_state(
-            bundle,
-            {
-                "cgroup": cgroup.to_state(),
-                "rootfs": str(self.rootfs),
-                "mounted": self.mounted,
-                "pid": 0,
-            },
-        )
+        self._save_state()
         self._undo.push("remove state", lambda: remove_state(bundle))
         await self._spawn()
+
+    def _save_state(self) -> None:
+        """Record what the ``delete`` action must clean up if this daemon dies."""
+        write_state(
+            self.config.bundle,
+            {
+                "cgroup": self.cgroup.to_state() if self.cgroup else None,
+                "rootfs": str(self.rootfs),
+                "mounted": self.mounted,
+                "pid": self._pid,
+            },
+        )
 
     def _stdio_fds(self) -> list[int]:
         fds: list[int] = []
@@ -214,15 +218,7 @@ class WasmInstance:
         self._pid = int(reply["pid"])
         self._exit = REAPER.wait_for(self._pid)
         self._undo.push("kill init", lambda: self._kill_pid(signal.SIGKILL))
-        write_state(
-            self.config.bundle,
-            {
-                "cgroup": self.cgroup.to_state() if self.cgroup else None,
-                "rootfs": str(self.rootfs),
-                "mounted": self.mounted,
-                "pid": self._pid,
-            },
-        )
+        self._save_state()
         await self._await_ready()
         if self._stdin is not None:
             os.close(self._stdin.read_end)  # the container holds its own copy now
