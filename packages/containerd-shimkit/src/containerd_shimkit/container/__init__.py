@@ -42,7 +42,6 @@ from .init import (
     recv_message,
     resolve_in_path,
     send_message,
-    set_child_subreaper,
     spawn_init,
 )
 from .rootfs import mount_rootfs, parse_mount_options, unmount_rootfs
@@ -64,7 +63,6 @@ __all__ = [
     "resolve_in_path",
     "resolve_rootfs",
     "send_message",
-    "set_child_subreaper",
     "spawn_init",
     "unmount_rootfs",
 ]

@@ -144,12 +144,6 @@ def channel_pair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
 
-def set_child_subreaper() -> None:
-    """Make the calling process a child subreaper: the container inits it spawns (through a
-    zygote) are re-parented to it and it can wait for them."""
-    _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)
-
-
 # --- the zygote side -------------------------------------------------------------------
 
 
@@ -210,13 +204,13 @@ def spawn_init(
 ) -> int:
     """Create the container's init process; returns its host pid.
 
-    Call from a single-threaded process (the zygote): the child runs Python after fork.
-    The init is re-parented to the nearest child subreaper (see
-    :func:`set_child_subreaper`) once the helper exits. ``channel_fd`` is the init's end of
-    the sync channel (protocol in this module's docstring); the caller still owns its copy
-    and should close it after this returns. Then read ``ready`` or ``error`` from the other
-    end; the process calling this must not hold the other end, or the init never sees
-    Delete-before-Start's EOF.
+    Call from a single-threaded process (the zygote): the child runs Python after fork. The
+    init is re-parented to the nearest child subreaper (see
+    :func:`containerd_shimkit.reaper.set_child_subreaper`) once the helper exits.
+    ``channel_fd`` is the init's end of the sync channel (protocol in this module's
+    docstring); the caller still owns its copy and should close it after this returns. Then
+    read ``ready`` or ``error`` from the other end; the process calling this must not hold
+    the other end, or the init never sees Delete-before-Start's EOF.
 
     The init inherits every fd of the caller. Fds >= 3 become close-on-exec before the
     workload runs, so a native exec leaks none, but an in-process workload keeps them:
