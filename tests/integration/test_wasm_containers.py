@@ -377,6 +377,36 @@ def test_hello_world(env: Env) -> None:
     assert _run_ok(env, HELLO, cid) == "hello world\n"
 
 
+def test_containers_of_a_pod_compile_the_module_once(env: Env) -> None:
+    """The pod's zygote compiles /demo.wasm for the first container; the next ones (and a
+    different module) reuse or add to that, and still behave as before."""
+    pod = env.new_id("pod")
+    keeper = env.new_id("keeper")
+    in_pod = ("--annotation", f"io.kubernetes.cri.sandbox-id={pod}")
+    result = env.ctr(
+        "run", "-d", "--runtime", RUNTIME, *in_pod, HELLO, keeper, "/demo.wasm", "daemon"
+    )
+    assert result.returncode == 0, result.stderr
+    try:
+        env.wait_status(keeper, "RUNNING")
+        for _ in range(2):
+            cid = env.new_id("again")
+            assert _run_ok(env, HELLO, cid, "/demo.wasm", "echo", "hi", opts=in_pod) == "hi\n"
+        cid = env.new_id("other")
+        assert env.run(MODULES, cid, "/exit42.wasm", opts=in_pod).returncode == 42
+    finally:
+        env.ctr("task", "kill", "--signal", "SIGKILL", keeper)
+        env.wait_status(keeper, "STOPPED")
+        env.ctr("task", "delete", keeper)
+        env.ctr("containers", "delete", keeper)
+    compiled = [
+        ln
+        for ln in env.ctd.log_text().splitlines()
+        if f"pod={pod}" in ln and "compiled the module for this pod" in ln
+    ]
+    assert len(compiled) == 2, "\n".join(compiled)  # demo.wasm once, exit42.wasm once
+
+
 def test_args_include_argv0(env: Env) -> None:
     cid = env.new_id("args")
     out = _run_ok(env, HELLO, cid, "/demo.wasm", "args", "two words", "", "x=y")

@@ -35,9 +35,15 @@ class WasmLayer:
 
 @dataclass(frozen=True)
 class FileSource:
-    """The module is a file in the container's rootfs, named by ``args[0]``."""
+    """The module is a file in the container's rootfs, named by ``args[0]``.
+
+    ``compiled`` is the shim's precompiled artifact of exactly this file (same SHA-256,
+    checked inside the container), when the pod's zygote has one: a sandbox may load it
+    instead of compiling the file. It is native code made by the shim, never image bytes.
+    """
 
     path: str
+    compiled: WasmLayer | None = None
 
     def resolve(self, env_path: str = "") -> str:
         """Locate the file the way ``which`` would, inside the container.
@@ -116,12 +122,18 @@ class Entrypoint:
     source: Source
 
     @classmethod
-    def parse(cls, args: list[str], layers: tuple[WasmLayer, ...] = ()) -> Entrypoint:
-        """Parse ``args[0]``; ``layers`` (when any) become the source instead of the file."""
+    def parse(
+        cls,
+        args: list[str],
+        layers: tuple[WasmLayer, ...] = (),
+        compiled: WasmLayer | None = None,
+    ) -> Entrypoint:
+        """Parse ``args[0]``; ``layers`` (when any) become the source instead of the file,
+        otherwise ``compiled`` is the file's verified artifact (see :class:`FileSource`)."""
         arg0 = args[0] if args else None
         path, _, func = (arg0 or "").partition("#")
         name = PurePosixPath(path).stem if path else None
-        source: Source = OciSource(layers) if layers else FileSource(path)
+        source: Source = OciSource(layers) if layers else FileSource(path, compiled)
         return cls(func=func or "_start", name=name or None, arg0=arg0, source=source)
 
 
@@ -145,11 +157,15 @@ class SpecContext(RuntimeContext):
     """A :class:`RuntimeContext` built from an OCI ``process`` and the loaded wasm layers."""
 
     def __init__(
-        self, args: list[str], envs: list[str], layers: tuple[WasmLayer, ...] = ()
+        self,
+        args: list[str],
+        envs: list[str],
+        layers: tuple[WasmLayer, ...] = (),
+        compiled: WasmLayer | None = None,
     ) -> None:
         self._args = list(args)
         self._envs = list(envs)
-        self._entrypoint = Entrypoint.parse(self._args, layers)
+        self._entrypoint = Entrypoint.parse(self._args, layers, compiled)
 
     def args(self) -> list[str]:
         return list(self._args)

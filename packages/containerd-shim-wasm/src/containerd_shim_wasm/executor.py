@@ -31,6 +31,7 @@ from containerd_shimkit.container.cgroups import Cgroup
 from containerd_shimkit.zygote import Handler
 
 from .context import FileSource, SpecContext, WasmLayer, env_path
+from .module_cache import ModuleCache, digest_of
 from .sandbox import ResourceLimits, Sandbox
 from .shim import Shim
 
@@ -78,11 +79,17 @@ class WasmWorkload:
     """What the container's init process runs: a native exec or the engine's Sandbox."""
 
     def __init__(
-        self, shim: type[Shim], memory_limit: int | None, layers: tuple[WasmLayer, ...] = ()
+        self,
+        shim: type[Shim],
+        memory_limit: int | None,
+        layers: tuple[WasmLayer, ...] = (),
+        compiled: WasmLayer | None = None,
     ) -> None:
         self.shim = shim
         self.memory_limit = memory_limit
         self.layers = layers
+        #: The zygote's artifact for the module file the daemon saw (unverified here).
+        self.compiled = compiled
         self.native = False
         self.sandbox: Sandbox | None = None
         self.context: SpecContext | None = None
@@ -96,7 +103,8 @@ class WasmWorkload:
             self.native = True
             log.debug("running a native executable", extra={"arg0": args[0]})
             return
-        self.context = SpecContext(args, env, self.layers)
+        compiled = None if self.layers else verified(self.compiled, args, env)
+        self.context = SpecContext(args, env, self.layers, compiled)
         sandbox = self.shim.sandbox()()
         sandbox.limits = ResourceLimits(memory_bytes=self.memory_limit)
         self.sandbox = sandbox
@@ -118,6 +126,23 @@ class WasmWorkload:
         except Exception:
             log.exception("error running the wasm workload")
             return ERROR_EXIT_CODE
+
+
+def verified(compiled: WasmLayer | None, args: list[str], env: list[str]) -> WasmLayer | None:
+    """``compiled`` if it was made from exactly the file ``args[0]`` names in this container.
+
+    The daemon found the file through its own view of the rootfs; a symlink, a mount or a
+    ``PATH`` lookup can make the container see another file, so compare what we will run.
+    """
+    if compiled is None or not args:
+        return None
+    try:
+        path = FileSource(args[0].partition("#")[0]).resolve(env_path(env))
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None  # can_handle reports the missing file
+    return compiled if digest_of(data) == compiled.digest else None
 
 
 async def _run_until_signal(sandbox: Sandbox, ctx: SpecContext) -> int:
@@ -144,17 +169,24 @@ async def _run_until_signal(sandbox: Sandbox, ctx: SpecContext) -> int:
         raise
 
 
-def spawn(shim: type[Shim], request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
-    """Zygote request handler: fork one container's init; reply with its pid."""
+def spawn(
+    shim: type[Shim], modules: ModuleCache, request: dict[str, Any], fds: list[int]
+) -> dict[str, Any]:
+    """Zygote request handler: fork one container's init; reply with its pid.
+
+    ``fds``: stdin, stdout, stderr, the init's sync channel, one memfd per wasm layer, then
+    (when ``request["module"]``) the module file the daemon found in the rootfs.
+    """
     layer_info = request.get("layers") or []
-    if request.get("op") != "spawn" or len(fds) != 4 + len(layer_info):
+    has_module = bool(request.get("module"))
+    if request.get("op") != "spawn" or len(fds) != 4 + len(layer_info) + has_module:
         raise ValueError(f"bad zygote request {request.get('op')!r} with {len(fds)} fds")
     import json
 
     # Read in the zygote, before the fork: the init shares the bytes copy-on-write.
     layers = tuple(
         WasmLayer(info["media_type"], info["digest"], read_memfd(fd), bool(info["precompiled"]))
-        for info, fd in zip(layer_info, fds[4:], strict=True)
+        for info, fd in zip(layer_info, fds[4 : 4 + len(layer_info)], strict=True)
     )
     bundle = Path(request["bundle"])
     spec = json.loads((bundle / "config.json").read_text())
@@ -173,7 +205,8 @@ def spawn(shim: type[Shim], request: dict[str, Any], fds: list[int]) -> dict[str
     # The init process inherits these: its log records carry the ids automatically.
     logs.instance_id.set(request["id"])
     logs.pod_id.set(pod)
-    workload = WasmWorkload(shim, request.get("memory_limit"), layers)
+    compiled = modules.artifact_for(fds[-1]) if has_module else None
+    workload = WasmWorkload(shim, request.get("memory_limit"), layers, compiled)
     pid = spawn_init(setup, workload, fds[3], close_fds=(zygote.channel_fd(),))
     return {"pid": pid}
 
@@ -193,4 +226,10 @@ def zygote_factory(shim: type[Shim], log_level: int) -> Handler:
     log_stream = os.fdopen(os.dup(2), "w", buffering=1)
     logs.setup(log_level, log_stream)
     shim.sandbox().preload()
-    return lambda request, fds: spawn(shim, request, fds)
+    modules = ModuleCache(shim)
+    # Objects that exist now are never collected: keep the collector from touching (and so
+    # copying) their pages in every container forked from here.
+    import gc
+
+    gc.freeze()
+    return lambda request, fds: spawn(shim, modules, request, fds)

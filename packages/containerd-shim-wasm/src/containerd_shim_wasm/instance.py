@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: How long the init process may take to set up and validate the workload.
 SETUP_TIMEOUT = 30.0
+#: Opening the module file for the zygote: never block (a FIFO swapped in), never follow.
+_MODULE_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 def load_spec(bundle: Path) -> dict[str, Any]:
@@ -192,8 +194,13 @@ class WasmInstance:
         self._channel = ours
         self._undo.push("close channel", ours.close)
         layers = await self._wasm_layers()
+        module = None if layers else self._module_path()
         fds = self._stdio_fds()
         layer_fds = [layer_memfd(layer) for layer in layers]
+        if module is not None:
+            # For the zygote's compile cache; the init checks it is what it runs.
+            with contextlib.suppress(OSError):
+                layer_fds.append(os.open(module, _MODULE_OPEN_FLAGS))
         request = {
             "op": "spawn",
             "id": self.id,
@@ -205,6 +212,7 @@ class WasmInstance:
                 {"media_type": x.media_type, "digest": x.digest, "precompiled": x.precompiled}
                 for x in layers
             ],
+            "module": len(layer_fds) > len(layers),
         }
         try:
             reply = await zygote.request(request, [*fds, theirs.fileno(), *layer_fds])
@@ -235,8 +243,7 @@ class WasmInstance:
         rootfs, where Create then reports a missing module clearly.
         """
         args = list((self.spec.get("process") or {}).get("args") or [])
-        envs = list((self.spec.get("process") or {}).get("env") or [])
-        if not args or module_in_rootfs(self.rootfs, args[0], envs):
+        if not args or self._module_path() is not None:
             return ()
         from .layers import LayerError, TooManyWasmLayers, load_wasm_layers
 
@@ -252,6 +259,12 @@ class WasmInstance:
                 extra={"error": str(exc)},
             )
             return ()
+
+    def _module_path(self) -> Path | None:
+        """The file ``args[0]`` names in the rootfs, as far as the daemon can tell."""
+        process = self.spec.get("process") or {}
+        args, envs = list(process.get("args") or []), list(process.get("env") or [])
+        return module_in_rootfs(self.rootfs, args[0], envs) if args else None
 
     async def _await_ready(self) -> None:
         assert self._channel is not None and self._exit is not None
@@ -372,8 +385,8 @@ class WasmInstance:
             self._stdin.close_input()  # not close(): input still in the FIFO must arrive
 
 
-def module_in_rootfs(rootfs: Path, arg0: str, envs: list[str]) -> bool:
-    """Whether ``args[0]`` (``path[#func]``) names an existing file inside ``rootfs``.
+def module_in_rootfs(rootfs: Path, arg0: str, envs: list[str]) -> Path | None:
+    """The existing file inside ``rootfs`` that ``args[0]`` (``path[#func]``) names, if any.
 
     Resolved as the container would: a path with ``/`` from ``/`` (a relative one from the
     spec's cwd would need the cwd; taking ``/`` errs towards loading layers), a bare name in
@@ -381,13 +394,15 @@ def module_in_rootfs(rootfs: Path, arg0: str, envs: list[str]) -> bool:
     """
     path = arg0.partition("#")[0]
     if not path:
-        return False
+        return None
     candidates = [path] if "/" in path else [f"{d}/{path}" for d in env_path(envs).split(":") if d]
     for candidate in candidates:
         target = rootfs / candidate.lstrip("/")
-        if target.is_file() and target.resolve().is_relative_to(rootfs.resolve()):
-            return True
-    return False
+        if target.is_file():
+            resolved = target.resolve()
+            if resolved.is_relative_to(rootfs.resolve()):
+                return resolved
+    return None
 
 
 def layer_memfd(layer: WasmLayer) -> int:

@@ -209,6 +209,8 @@ class WasmtimeSandbox(Sandbox):
                 module: bad magic number b'MZ\\x90\\x00'`` or the WAT error's line:column.
         """
         source = ctx.entrypoint().source
+        if isinstance(source, FileSource) and source.compiled is not None:
+            return  # the zygote compiled exactly this file: it is a valid module
         try:
             if isinstance(source, OciSource):
                 source.read()  # exactly one layer; run_wasi reports what is wrong with it
@@ -270,7 +272,8 @@ class WasmtimeSandbox(Sandbox):
 
 def _read_source(ctx: RuntimeContext) -> tuple[bytes, str, bool]:
     """The entrypoint's bytes, a description for messages, and whether precompiled bytes
-    may be deserialized (only OCI layers the precompile cache marked ``precompiled``)."""
+    may be deserialized (only the shim's own artifacts: OCI layers the precompile cache
+    marked ``precompiled``, or a file's artifact from the zygote's compile cache)."""
     source = ctx.entrypoint().source
     if isinstance(source, OciSource):
         data = source.read()
@@ -278,6 +281,8 @@ def _read_source(ctx: RuntimeContext) -> tuple[bytes, str, bool]:
         return data, f"OCI layer {layer.digest}", layer.precompiled
     assert isinstance(source, FileSource)
     path = source.resolve(env_path(ctx.envs()))
+    if source.compiled is not None:
+        return source.compiled.data, path, True
     with open(path, "rb") as f:
         return f.read(), path, False
 
