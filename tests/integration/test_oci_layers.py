@@ -33,7 +33,7 @@ from containerd_shim_wasm.layers import (
     precompile_label,
     sha256_digest,
 )
-from containerd_shim_wasmtime.shim import WasmtimeCompiler, WasmtimeShim
+from containerd_shim_wasmtime import WasmtimeCompiler, WasmtimeShim
 from tests.fixtures.wasm.build import Fixtures, build_all
 from tests.support.containerd import PrivateContainerd
 
@@ -173,10 +173,10 @@ async def _manifest_and_layer(img: Image) -> tuple[str, str]:
 
 def _loads_in_the_sandbox_engine(data: bytes) -> None:
     """The compiled bytes deserialize in the engine the sandbox runs with."""
-    from containerd_shim_wasmtime import shim as wasmtime_shim
+    from containerd_shim_wasmtime import WasmtimeSandbox
+    from containerd_shim_wasmtime.engine import engine_for, load_program
 
-    engine = wasmtime_shim._engine_for(wasmtime_shim.WasmtimeSandbox._engine_flags)
-    wasmtime_shim._compile(engine, data, "cached layer")
+    load_program(engine_for(WasmtimeSandbox._engine_flags), data, "cached layer")
 
 
 def _collect_garbage(img: Image) -> None:

@@ -28,21 +28,46 @@ Containers are real Linux containers (namespaces, cgroups, pivot_root); native e
 
 from __future__ import annotations
 
-from .cli import ShimCli
-from .compiler import Compiler
-from .context import (
-    WASM_LAYER_MEDIA_TYPES,
-    Entrypoint,
-    FileSource,
-    OciSource,
-    RuntimeContext,
-    Source,
-    SpecContext,
-    WasmLayer,
-    env_path,
-)
-from .sandbox import CannotHandle, ResourceLimits, Sandbox
-from .shim import Config, Shim, Version
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from .cli import ShimCli
+    from .compiler import Compiler
+    from .context import (
+        WASM_LAYER_MEDIA_TYPES,
+        Entrypoint,
+        FileSource,
+        OciSource,
+        RuntimeContext,
+        Source,
+        SpecContext,
+        WasmLayer,
+        env_path,
+    )
+    from .sandbox import CannotHandle, ResourceLimits, Sandbox
+    from .shim import Shim
+    from .shim_config import Config, Version
+
+# name -> submodule, loaded on first use (PEP 562): the shim binary's ``start`` and
+# ``delete`` actions, which run for every container, need only Shim and ShimCli.
+_LAZY = {
+    "WASM_LAYER_MEDIA_TYPES": "context",
+    "CannotHandle": "sandbox",
+    "Compiler": "compiler",
+    "Config": "shim_config",
+    "Entrypoint": "context",
+    "FileSource": "context",
+    "OciSource": "context",
+    "ResourceLimits": "sandbox",
+    "RuntimeContext": "context",
+    "Sandbox": "sandbox",
+    "Shim": "shim",
+    "ShimCli": "cli",
+    "Source": "context",
+    "SpecContext": "context",
+    "Version": "shim_config",
+    "WasmLayer": "context",
+    "env_path": "context",
+}
 
 __all__ = [
     "WASM_LAYER_MEDIA_TYPES",
@@ -63,3 +88,12 @@ __all__ = [
     "WasmLayer",
     "env_path",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -7,18 +7,18 @@ died without removing it; the toolkit unmounts the rootfs.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
-from pathlib import Path
-
-from containerd_shimkit import CleanupRequest
 
 from .state import read_state, remove_state
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from _typeshed import StrPath
 
-def remove_dead_socket(bundle: Path) -> None:
+    from containerd_shimkit import CleanupRequest
+
+
+def remove_dead_socket(bundle: StrPath) -> None:
     """Unlink the daemon socket named in ``<bundle>/address`` if nothing listens on it.
 
     A daemon that was killed (SIGKILL, OOM) never unlinks its socket; containerd then runs
@@ -26,18 +26,23 @@ def remove_dead_socket(bundle: Path) -> None:
     other containers of the pod) accepts the connection and its socket stays.
     """
     try:
-        address = (bundle / "address").read_text().strip()
+        with open(os.path.join(bundle, "address")) as f:
+            address = f.read().strip()
     except OSError:
         return
     path = address.removeprefix("unix://")
     if not path.startswith("/"):
         return  # an abstract socket has no file
+    import socket
+
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
     except ConnectionRefusedError:  # a socket file nobody listens on
-        with contextlib.suppress(FileNotFoundError):
+        try:  # noqa: SIM105 - contextlib is an import start/delete skip
             os.unlink(path)
+        except FileNotFoundError:
+            pass
     except OSError:
         pass
     finally:
@@ -45,13 +50,20 @@ def remove_dead_socket(bundle: Path) -> None:
 
 
 def cleanup(request: CleanupRequest) -> int:
-    """Clean up container ``request.id``; return its init pid (0 when unknown)."""
-    remove_dead_socket(request.bundle)
+    """Clean up container ``request.id``; return its init pid (0 when unknown).
+
+    Without a state file the daemon deleted the container itself (the normal case, after
+    every task): nothing to do, and no socket probe (this runs for every container).
+    """
     state = read_state(request.bundle)
     if not state:
         return 0
+    remove_dead_socket(request.bundle)
     cgroup_state = state.get("cgroup")
     if cgroup_state:
+        import contextlib
+        import signal
+
         from containerd_shimkit.container.cgroups import Cgroup, CgroupNotFoundError
 
         cgroup = Cgroup.from_state(cgroup_state)

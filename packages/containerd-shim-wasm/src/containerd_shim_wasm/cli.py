@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from containerd_shimkit.cli.main import ShimSpec, run
 
-from containerd_shimkit import CleanupRequest, ShimSpec, run
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import NoReturn
 
-from .shim import Config, Shim
+    from containerd_shimkit import CleanupRequest
+
+    from .shim import Shim
+    from .shim_config import Config
 
 
 class ShimCli:
@@ -18,7 +23,9 @@ class ShimCli:
 
         An engine's ``main`` is just ``ShimCli.run(MyShim)``.
         """
-        config = config or Config()
+        # Not ``config or Config()``: Config is a dataclass, and start/delete skip that import.
+        log_level = config.default_log_level if config else "info"
+        setup_logging = not config.no_setup_logger if config else True
 
         def version() -> tuple[str, str]:
             v = shim.version()
@@ -52,7 +59,7 @@ class ShimCli:
                 instance=instance,
                 prepare_daemon=prepare_daemon,
                 cleanup=cleanup,
-                default_log_level=config.default_log_level,
-                setup_logging=not config.no_setup_logger,
+                default_log_level=log_level,
+                setup_logging=setup_logging,
             )
         )

@@ -3,32 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
-from .compiler import Compiler
-from .context import WASM_LAYER_MEDIA_TYPES
-from .sandbox import Sandbox
-
-
-@dataclass(frozen=True)
-class Version:
-    """What ``-v`` prints: the engine shim's version and source revision."""
-
-    version: str = "<none>"
-    revision: str = "<none>"
-
-
-@dataclass(frozen=True)
-class Config:
-    """Process-level settings of a shim binary.
-
-    Attributes:
-        no_setup_logger: leave logging alone (the embedding program configures it).
-        default_log_level: the level when neither ``-debug`` nor ``SHIM_LOG_LEVEL`` say.
-    """
-
-    no_setup_logger: bool = False
-    default_log_level: str = "info"
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from .compiler import Compiler
+    from .sandbox import Sandbox
+    from .shim_config import Version
 
 
 class Shim(ABC):
@@ -47,6 +27,8 @@ class Shim(ABC):
     @classmethod
     def version(cls) -> Version:
         """The shim's version; defaults to ``<none>``."""
+        from .shim_config import Version
+
         return Version()
 
     @classmethod
@@ -62,4 +44,6 @@ class Shim(ABC):
     @classmethod
     def supported_layers_types(cls) -> tuple[str, ...]:
         """OCI layer media types handed to the engine as wasm layers."""
+        from .context import WASM_LAYER_MEDIA_TYPES
+
         return WASM_LAYER_MEDIA_TYPES

@@ -2,37 +2,49 @@
 
 containerd runs the shim's ``delete`` action after a daemon crash; it only has the bundle.
 The daemon writes ``<bundle>/wasm-shim-state.json`` at Create so that ``delete`` can find
-the init pid, the cgroup and the rootfs mount to clean up.
+the init pid, the cgroup and the rootfs mount to clean up. Light on purpose (``delete`` runs
+for every container): paths are strings or path-likes, and ``json`` loads only when needed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
+    from _typeshed import StrPath
 
 STATE_FILE = "wasm-shim-state.json"
 
 
-def write_state(bundle: Path, state: dict[str, Any]) -> None:
+def write_state(bundle: StrPath, state: dict[str, Any]) -> None:
     """Write the state file atomically."""
-    tmp = bundle / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, bundle / STATE_FILE)
+    import json
+
+    tmp = os.path.join(bundle, f".{STATE_FILE}.tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(state))
+    os.replace(tmp, os.path.join(bundle, STATE_FILE))
 
 
-def read_state(bundle: Path) -> dict[str, Any]:
+def read_state(bundle: StrPath) -> dict[str, Any]:
     """Read the state file; an empty dict when there is none."""
     try:
-        data = json.loads((bundle / STATE_FILE).read_text())
+        with open(os.path.join(bundle, STATE_FILE), "rb") as f:
+            text = f.read()
     except FileNotFoundError:
         return {}
+    import json
+
+    data = json.loads(text)
     return data if isinstance(data, dict) else {}
 
 
-def remove_state(bundle: Path) -> None:
+def remove_state(bundle: StrPath) -> None:
     """Remove the state file (idempotent)."""
-    with contextlib.suppress(FileNotFoundError):
-        (bundle / STATE_FILE).unlink()
+    try:  # noqa: SIM105 - contextlib is an import start/delete skip
+        os.unlink(os.path.join(bundle, STATE_FILE))
+    except FileNotFoundError:
+        pass

@@ -1,6 +1,6 @@
 """Entry point of ``containerd-shim-wasmtime-v1`` (runtime ``io.containerd.wasmtime.v1``)."""
 
-from containerd_shim_wasm import ShimCli
+from containerd_shim_wasm.cli import ShimCli
 
 from .shim import WasmtimeShim
 

@@ -18,8 +18,6 @@ version, so version 2 keeps one behaviour from 1.6 to 2.3.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .flags import Flags
 from .start import DEFAULT_SOCKET_DIR
 from .wire import WireError, decode_bootstrap_params, encode_bootstrap_result
@@ -27,14 +25,30 @@ from .wire import WireError, decode_bootstrap_params, encode_bootstrap_result
 TASK_API_VERSION = 2
 
 
-@dataclass(frozen=True)
 class StartRequest:
     """What ``start`` learned from stdin."""
 
-    bootstrap: bool
-    socket_dir: str = DEFAULT_SOCKET_DIR
-    #: The runtime options ``(type_url, value)``, when containerd sent any.
-    options: tuple[str, bytes] | None = None
+    __slots__ = ("bootstrap", "options", "socket_dir")
+
+    def __init__(
+        self,
+        bootstrap: bool,
+        socket_dir: str = DEFAULT_SOCKET_DIR,
+        options: tuple[str, bytes] | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.socket_dir = socket_dir
+        #: The runtime options ``(type_url, value)``, when containerd sent any.
+        self.options = options
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StartRequest) and (
+            (self.bootstrap, self.socket_dir, self.options)
+            == (other.bootstrap, other.socket_dir, other.options)
+        )
+
+    def __repr__(self) -> str:
+        return f"StartRequest({self.bootstrap!r}, {self.socket_dir!r}, {self.options!r})"
 
 
 def parse_stdin(stdin: bytes, flags: Flags) -> StartRequest:

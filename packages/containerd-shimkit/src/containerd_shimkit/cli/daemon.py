@@ -50,7 +50,7 @@ def main_serve(flags: Flags, spec: ShimSpec) -> int:
     open_log(bundle)
     if spec.setup_logging:
         logs.setup(logs.level_from(flags.debug, spec.default_log_level))
-    logs.pod_id.set(group_of(bundle, flags.id))
+    logs.pod_id.set(group_of(str(bundle), flags.id))
     set_child_subreaper()
     import asyncio
     import logging

@@ -7,8 +7,6 @@ take no value (or ``=true``/``=false``), and parsing stops at the first non-flag
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 STRING_FLAGS = ("namespace", "id", "address", "publish-binary", "bundle", "socket", "debug-socket")
 BOOL_FLAGS = ("debug", "v", "version", "info")
 
@@ -17,24 +15,38 @@ class UsageError(Exception):
     """The command line is malformed; the message reads like Go's flag package."""
 
 
-@dataclass
 class Flags:
-    """The parsed command line."""
+    """The parsed command line.
 
-    namespace: str = ""
-    id: str = ""
-    address: str = ""
-    publish_binary: str = ""
-    bundle: str = ""
-    socket: str = ""
-    debug_socket: str = ""
-    debug: bool = False
-    v: bool = False
-    version: bool = False
-    info: bool = False
-    #: ``start``, ``delete`` or ``""`` (serve: the long-running daemon).
-    action: str = ""
-    rest: list[str] = field(default_factory=list)
+    A plain class, not a dataclass: ``dataclasses`` costs ~15 ms to import (it pulls in
+    ``inspect``), and this is on the path of every ``start`` and ``delete``.
+    """
+
+    def __init__(self, **values: object) -> None:
+        self.namespace = ""
+        self.id = ""
+        self.address = ""
+        self.publish_binary = ""
+        self.bundle = ""
+        self.socket = ""
+        self.debug_socket = ""
+        self.debug = False
+        self.v = False
+        self.version = False
+        self.info = False
+        #: ``start``, ``delete`` or ``""`` (serve: the long-running daemon).
+        self.action = ""
+        self.rest: list[str] = []
+        for name, value in values.items():
+            if not hasattr(self, name):
+                raise TypeError(f"Flags has no field {name!r}")
+            setattr(self, name, value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Flags) and vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        return f"Flags({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
 def _bool(name: str, text: str) -> bool:

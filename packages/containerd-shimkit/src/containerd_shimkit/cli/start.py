@@ -9,7 +9,6 @@ writes ``<bundle>/address`` and prints the address (or a ``BootstrapResult`` for
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -17,7 +16,6 @@ import os
 import posixpath
 import socket
 import sys
-from pathlib import Path
 
 from .flags import Flags, to_argv
 
@@ -32,10 +30,10 @@ class StartError(Exception):
     """``start`` cannot proceed; the message is what containerd will show."""
 
 
-def group_of(bundle: Path, container_id: str) -> str:
+def group_of(bundle: str, container_id: str) -> str:
     """The grouping key: the pod's sandbox id from ``config.json``, else the container id."""
     try:
-        with open(bundle / "config.json", "rb") as f:
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
             annotations = json.load(f).get("annotations") or {}
     except (OSError, ValueError, AttributeError):
         return container_id
@@ -82,8 +80,10 @@ def bind_or_reuse(path: str) -> socket.socket | None:
             if _alive(path):
                 return None
             # A dead daemon's socket file: containerd's shims remove it and bind again.
-            with contextlib.suppress(FileNotFoundError):
+            try:  # noqa: SIM105 - contextlib is an import start/delete skip
                 os.unlink(path)
+            except FileNotFoundError:
+                pass
             continue
         os.chmod(path, 0o600)
         sock.listen(128)
@@ -118,19 +118,19 @@ def spawn_daemon(flags: Flags, listener: socket.socket, program: str) -> int:
     return pid
 
 
-def write_address(bundle: Path, address: str) -> None:
+def write_address(bundle: str, address: str) -> None:
     """Write ``<bundle>/address`` atomically (containerd 1.6/1.7 reconnect from it)."""
-    tmp = bundle / ".address.tmp"
+    tmp = os.path.join(bundle, ".address.tmp")
     with open(tmp, "w") as f:
         f.write(address)
-    os.replace(tmp, bundle / "address")
+    os.replace(tmp, os.path.join(bundle, "address"))
 
 
 def start(flags: Flags, program: str, socket_dir: str = DEFAULT_SOCKET_DIR) -> str:
     """Run the ``start`` action; return the address to report."""
     if not flags.id or not flags.namespace:
         raise StartError("start needs -id and -namespace")
-    bundle = Path.cwd()
+    bundle = os.getcwd()
     address = socket_address(flags.address, flags.namespace, group_of(bundle, flags.id), socket_dir)
     path = address.removeprefix("unix://")
     listener = bind_or_reuse(path)

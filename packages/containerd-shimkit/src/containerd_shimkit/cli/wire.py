@@ -9,7 +9,6 @@ classes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 
 class WireError(ValueError):
@@ -108,19 +107,20 @@ def iter_fields(data: bytes) -> list[tuple[int, int, int | bytes]]:
     return fields
 
 
-@dataclass
 class BootstrapParams:
-    """The fields of ``BootstrapParams`` a shim uses."""
+    """The fields of ``BootstrapParams`` a shim uses (a plain class: no ``dataclasses``
+    import on the ``start`` path)."""
 
-    instance_id: str = ""
-    namespace: str = ""
-    log_level: int = 0
-    containerd_ttrpc_address: str = ""
-    containerd_grpc_address: str = ""
-    containerd_binary: str = ""
-    socket_dir: str | None = None
-    #: ``(type_url, value)`` of each extension Any (the runtime options).
-    extensions: list[tuple[str, bytes]] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.instance_id = ""
+        self.namespace = ""
+        self.log_level = 0
+        self.containerd_ttrpc_address = ""
+        self.containerd_grpc_address = ""
+        self.containerd_binary = ""
+        self.socket_dir: str | None = None
+        #: ``(type_url, value)`` of each extension Any (the runtime options).
+        self.extensions: list[tuple[str, bytes]] = []
 
 
 def _text(value: int | bytes) -> str:

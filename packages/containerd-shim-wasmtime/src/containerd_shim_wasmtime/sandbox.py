@@ -1,0 +1,277 @@
+"""``WasmtimeSandbox``: runs a container's WASI workload with wasmtime, in its init process."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, TypeVar
+
+from containerd_shim_wasm import (
+    CannotHandle,
+    FileSource,
+    OciSource,
+    RuntimeContext,
+    Sandbox,
+    env_path,
+)
+
+from .engine import ENGINE_FLAGS, WASM_MAGIC, EngineFlags, engine_for, kind_of, load_program
+
+if TYPE_CHECKING:
+    import threading
+
+    import wasmtime
+    from wasmtime.component import Component
+
+
+class _Cancelled(Exception):
+    """The worker saw the cancellation before calling the guest (the result is dropped)."""
+
+
+_T = TypeVar("_T")
+
+
+async def in_thread(
+    fn: Callable[[], _T], stop: Callable[[], None] | None = None, grace: float = 0.0
+) -> _T:
+    """Run blocking ``fn`` in a daemon thread; on cancellation call ``stop``, give the thread
+    ``grace`` seconds to finish, then re-raise ``CancelledError``.
+
+    Not ``asyncio.to_thread``: a guest blocked in a host call (``sleep``, a read on stdin)
+    cannot be interrupted, and ``asyncio.run`` joins default-executor threads at exit, which
+    would keep a cancelled container alive. A daemon thread dies with the process.
+    """
+    import asyncio
+    import threading
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[_T] = loop.create_future()
+    done.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "unretrieved"
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not done.done():
+            outcome()
+
+    def work() -> None:
+        outcome: Callable[[], None]
+        try:
+            outcome = functools.partial(done.set_result, fn())
+        except BaseException as exc:
+            outcome = functools.partial(done.set_exception, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: we were abandoned
+            loop.call_soon_threadsafe(settle, outcome)
+
+    thread = threading.Thread(target=work, name="wasmtime-guest", daemon=True)
+    thread.start()
+    try:
+        result = await asyncio.shield(done)
+    except asyncio.CancelledError:
+        if stop is not None:
+            stop()
+        await asyncio.wait([done], timeout=grace)
+        raise
+    thread.join()  # it has only to return from work(): no thread outlives the call
+    return result
+
+
+class WasmtimeSandbox(Sandbox):
+    """Runs a container's WASI workload with wasmtime, in the container's init process.
+
+    Core modules get WASI preview 1, components WASI preview 2 (``wasi:cli/run``, or the
+    export named by ``#func``). The guest sees exactly ``ctx.args()`` (argv0 included),
+    ``ctx.envs()``, the process's fds 0/1/2 and the container's ``/`` preopened as ``/``.
+    """
+
+    #: Engine settings; kept identical to :class:`WasmtimeCompiler` (a test overrides it).
+    _engine_flags: ClassVar[EngineFlags] = ENGINE_FLAGS
+    #: Host directory preopened as the guest's ``/``. This runs after ``pivot_root``, so
+    #: ``/`` is the container's rootfs; tests point it at a temporary directory.
+    _preopen_host_dir: str = "/"
+    #: Seconds a cancelled ``run_wasi`` waits for a guest stuck in a host call.
+    _cancel_grace: float = 1.0
+
+    @classmethod
+    def preload(cls) -> None:
+        """Import wasmtime and create the shared Engine in the zygote (no threads start)."""
+        import wasmtime.component  # noqa: F401 - the import is the point
+
+        engine_for(cls._engine_flags)
+
+    async def run_wasi(self, ctx: RuntimeContext) -> int:
+        """Run the entrypoint; see :meth:`Sandbox.run_wasi` for exit codes and cancellation.
+
+        A ``wasi:cli/run`` component returning ``err`` exits 1, as ``wasmtime run`` does.
+        """
+        import threading
+
+        engine = engine_for(self._engine_flags)
+        cancelled = threading.Event()
+
+        def stop() -> None:
+            # Order matters: the worker sets its epoch deadline before checking the flag,
+            # so either it sees the flag or this increment passes its deadline.
+            cancelled.set()
+            engine.increment_epoch()
+
+        return await in_thread(lambda: self._run(engine, ctx, cancelled), stop, self._cancel_grace)
+
+    async def can_handle(self, ctx: RuntimeContext) -> None:
+        """Accept one OCI layer, or a file wasmtime validates as a core module, a component
+        (preamble only) or WAT text.
+
+        Raises:
+            CannotHandle: naming the path and why, e.g. ``/app/x.wasm is not a wasm
+                module: bad magic number b'MZ\\x90\\x00'`` or the WAT error's line:column.
+        """
+        source = ctx.entrypoint().source
+        if isinstance(source, FileSource) and source.compiled is not None:
+            return  # the zygote compiled exactly this file: it is a valid module
+        try:
+            if isinstance(source, OciSource):
+                source.read()  # exactly one layer; run_wasi reports what is wrong with it
+                return
+            data, path, _ = _read_source(ctx)
+        except (OSError, ValueError) as exc:
+            raise CannotHandle(f"{exc}; args[0] must be a path to a wasm module") from exc
+        problem = await in_thread(lambda: _check(data, path, self._engine_flags))
+        if problem is not None:
+            raise CannotHandle(problem)
+
+    def _run(self, engine: wasmtime.Engine, ctx: RuntimeContext, cancelled: threading.Event) -> int:
+        import wasmtime
+        from wasmtime.component import Component
+
+        entrypoint = ctx.entrypoint()
+        data, where, trusted = _read_source(ctx)
+        kind = kind_of(data)
+        if kind in ("precompiled-module", "precompiled-component") and not trusted:
+            # Deserializing is loading native code: only artifacts from the shim's own
+            # precompile cache are trusted, never a file from the image.
+            raise ValueError(f"{where} is a precompiled wasmtime artifact from the image")
+        program = load_program(engine, data, where)
+
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = ctx.args()
+        wasi.env = [item.partition("=")[::2] for item in ctx.envs()]  # never the shim's env
+        wasi.inherit_stdin()
+        wasi.inherit_stdout()
+        wasi.inherit_stderr()
+        wasi.preopen_dir(self._preopen_host_dir, "/")
+        store = wasmtime.Store(engine)
+        store.set_wasi(wasi)
+        store.set_epoch_deadline(1)  # before anything runs: see ``stop`` in run_wasi
+        if self.limits.memory_bytes is not None:
+            # The guest's memory.grow (malloc) fails instead of the cgroup OOM-killing us.
+            store.set_limits(memory_size=self.limits.memory_bytes)
+
+        try:
+            if isinstance(program, Component):
+                return _run_component(engine, store, program, entrypoint.func, where, cancelled)
+            linker = wasmtime.Linker(engine)
+            linker.define_wasi()
+            instance = linker.instantiate(store, program)
+            func = instance.exports(store).get(entrypoint.func)
+            if not isinstance(func, wasmtime.Func):
+                names = [e.name for e in program.exports if isinstance(e.type, wasmtime.FuncType)]
+                raise LookupError(
+                    f"{where} does not export a function {entrypoint.func!r} "
+                    f"(its exported functions: {', '.join(names) or 'none'})"
+                )
+            if cancelled.is_set():
+                raise _Cancelled
+            func(store)
+            return 0
+        except wasmtime.ExitTrap as exit_:
+            return int(exit_.code)
+
+
+def _read_source(ctx: RuntimeContext) -> tuple[bytes, str, bool]:
+    """The entrypoint's bytes, a description for messages, and whether precompiled bytes
+    may be deserialized (only the shim's own artifacts: OCI layers the precompile cache
+    marked ``precompiled``, or a file's artifact from the zygote's compile cache)."""
+    source = ctx.entrypoint().source
+    if isinstance(source, OciSource):
+        data = source.read()
+        layer = source.layers[0]
+        return data, f"OCI layer {layer.digest}", layer.precompiled
+    assert isinstance(source, FileSource)
+    path = source.resolve(env_path(ctx.envs()))
+    if source.compiled is not None:
+        return source.compiled.data, path, True
+    with open(path, "rb") as f:
+        return f.read(), path, False
+
+
+def _run_component(
+    engine: wasmtime.Engine,
+    store: wasmtime.Store,
+    component: Component,
+    func_name: str,
+    where: str,
+    cancelled: threading.Event,
+) -> int:
+    from wasmtime.component import Linker
+
+    exports = list(component.type.exports(engine))
+    linker = Linker(engine)
+    linker.add_wasip2()
+    instance = linker.instantiate(store, component)
+    run = next((name for name in exports if name.startswith("wasi:cli/run@")), None)
+    if run is not None:  # a command: call wasi:cli/run.run
+        index = instance.get_export_index(store, "run", instance.get_export_index(store, run))
+    elif any(name.startswith("wasi:http/incoming-handler@") for name in exports):
+        raise NotImplementedError(f"{where}: wasi:http proxy components are not supported")
+    else:  # as runwasi: call the export named by #func, with no parameters
+        index = instance.get_export_index(store, func_name)
+    func = instance.get_func(store, index) if index is not None else None
+    if func is None:
+        raise LookupError(
+            f"{where} does not export a function {func_name!r} "
+            f"(its exports: {', '.join(exports) or 'none'})"
+        )
+    if cancelled.is_set():
+        raise _Cancelled
+    result = func(store)
+    return 1 if run is not None and getattr(result, "tag", "ok") == "err" else 0
+
+
+def _check(data: bytes, path: str, flags: EngineFlags) -> str | None:
+    """Why ``data`` (the file at ``path``) is not something wasmtime runs, or ``None``."""
+    import wasmtime
+
+    kind = kind_of(data)
+    if kind is None and data[:4] != WASM_MAGIC:
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            return f"{path} is not a wasm module: bad magic number {data[:4]!r}"
+        try:
+            data = bytes(wasmtime.wat2wasm(text))
+        except wasmtime.WasmtimeError as exc:
+            return f"{path} is neither a wasm binary nor valid WAT: {_wat_error(str(exc), path)}"
+        kind = kind_of(data)
+    if kind in ("precompiled-module", "precompiled-component"):
+        return f"{path} is a precompiled wasmtime artifact; only wasm or WAT files are run"
+    if kind == "component":
+        # wasmtime-py has no component validator, and compiling here would double the
+        # compile time of every start; run_wasi reports a broken component.
+        return None
+    if kind is None:
+        return f"{path} is not a wasm module: unsupported wasm version {data[4:8]!r}"
+    try:
+        # A single-threaded engine: validating must not start compiler threads in the
+        # container's init process before its credentials and seccomp are final.
+        wasmtime.Module.validate(engine_for(flags, parallel_compilation=False), data)
+    except wasmtime.WasmtimeError as exc:
+        return f"{path} is not a valid wasm module: {exc}"
+    return None
+
+
+def _wat_error(message: str, path: str) -> str:
+    """``expected `(`\\n --> <anon>:1:33 …`` becomes ``path:1:33: expected `(` ``."""
+    lines = message.strip().splitlines()
+    where = next((ln.split("-->", 1)[1].strip() for ln in lines if "-->" in ln), None)
+    if where is None:
+        return lines[0] if lines else message
+    return f"{where.replace('<anon>', path)}: {lines[0]}"
