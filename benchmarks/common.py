@@ -41,7 +41,7 @@ if str(REPO) not in sys.path:  # imported as a plain module (e.g. by mypy or a R
     sys.path.insert(0, str(REPO))
 
 from tests.fixtures.wasm.build import build_all  # noqa: E402
-from tests.support.containerd import PrivateContainerd  # noqa: E402
+from tests.support.containerd import PrivateContainerd, is_shim_template  # noqa: E402
 
 #: The shim's console script lives next to the venv's interpreter.
 VENV_BIN = Path(sys.executable).parent
@@ -383,17 +383,23 @@ def _is_action(argv: Sequence[str]) -> bool:
     return bool(argv) and argv[-1] in ("start", "delete")
 
 
+def is_template(proc: Proc) -> bool:
+    """Our shim's template: forks new pods' daemons (``containerd_shimkit.cli.template``)."""
+    return is_shim_template(proc.argv)
+
+
 def _shim_of(proc: Proc, binary: str) -> bool:
     return any(Path(a).name == binary for a in proc.argv[:2])
 
 
 def shim_daemons(procs: Mapping[int, Proc], address: Path, binary: str) -> list[Proc]:
     """The long-running shim daemons of ``binary`` for this containerd: processes that name
-    the address, are not a ``start``/``delete`` action, and whose parent is not such a shim
-    (which leaves out our shim's zygote and container inits, forked from the daemon)."""
+    the address, are not a ``start``/``delete`` action nor the template, and whose parent is
+    not such a shim (which leaves out our shim's zygote and container inits, forked from the
+    daemon; a daemon forked by the template has the template as its parent)."""
 
     def is_shim(p: Proc) -> bool:
-        return _shim_of(p, binary) and names_address(p.argv, address)
+        return _shim_of(p, binary) and names_address(p.argv, address) and not is_template(p)
 
     return sorted(
         (

@@ -50,6 +50,7 @@ from tests.support.containerd import (
     SHIM_SOCKET_DIR,
     ContainerdBinaries,
     PrivateContainerd,
+    is_shim_template,
     mount_points,
     shim_socket_name,
 )
@@ -399,12 +400,67 @@ def test_containers_of_a_pod_compile_the_module_once(env: Env) -> None:
         env.wait_status(keeper, "STOPPED")
         env.ctr("task", "delete", keeper)
         env.ctr("containers", "delete", keeper)
+    # Compiled, or loaded from the node's cache where an earlier pod stored it.
     compiled = [
         ln
         for ln in env.ctd.log_text().splitlines()
-        if f"pod={pod}" in ln and "compiled the module for this pod" in ln
+        if f"pod={pod}" in ln and "the module for this pod" in ln
     ]
     assert len(compiled) == 2, "\n".join(compiled)  # demo.wasm once, exit42.wasm once
+
+
+def _templates(ctd: PrivateContainerd) -> list[int]:
+    return [
+        pid for pid, argv in ctd.shim_processes(include_templates=True) if is_shim_template(argv)
+    ]
+
+
+def test_new_pods_get_their_daemon_from_the_template(env: Env) -> None:
+    """After the first pod, a template (one per containerd) forks each new pod's daemon,
+    with the daemon's own command line; it goes when containerd does (the fixture checks)."""
+    _run_ok(env, HELLO, env.new_id("first"), "/demo.wasm", "echo", "x")
+    deadline = time.monotonic() + 20
+    while not _templates(env.ctd):
+        assert time.monotonic() < deadline, "no template started"
+        time.sleep(0.1)
+    (template,) = _templates(env.ctd)
+    cid = env.new_id("forked")
+    env.run_detached(HELLO, cid, "/demo.wasm", "daemon")
+    try:
+        env.wait_status(cid, "RUNNING")
+        daemons = [
+            pid
+            for pid, argv in env.ctd.shim_processes()
+            if _parent_of(pid) == template and "-id" in argv and argv[argv.index("-id") + 1] == cid
+        ]
+        assert len(daemons) == 1, env.ctd.shim_processes(include_templates=True)
+        assert _templates(env.ctd) == [template]
+    finally:
+        env.ctr("task", "kill", "--signal", "SIGKILL", cid)
+        env.wait_status(cid, "STOPPED")
+        env.ctr("task", "delete", cid)
+        env.ctr("containers", "delete", cid)
+
+
+def test_shim_template_off_execs_every_daemon(
+    containerd_binaries: ContainerdBinaries, tmp_path: Path
+) -> None:
+    fx = build_all()
+    with PrivateContainerd(
+        containerd_binaries,
+        extra_path=[Path(sys.executable).parent],
+        env={"SHIM_TEMPLATE": "off"},
+        log_path=tmp_path / "containerd.log",
+    ) as ctd:
+        ctd.ctr("images", "import", "--all-platforms", str(fx.images["hello"].path), check=True)
+        for n in range(2):
+            result = ctd.ctr(
+                "run", "--rm", "--runtime", RUNTIME, HELLO, f"off-{n}", "/demo.wasm", "echo", "x"
+            )
+            assert (result.returncode, result.stdout) == (0, "x\n"), result.stderr
+        time.sleep(0.5)  # a template would be importing by now
+        assert _templates(ctd) == []
+    assert ctd.stop_leftovers == [], ctd.stop_leftovers
 
 
 def test_args_include_argv0(env: Env) -> None:

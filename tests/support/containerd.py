@@ -427,6 +427,12 @@ def read_cmdline(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
+def is_shim_template(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` is a shim's template (``<shim> -address A … template <pid>``): the
+    pre-warmed process that forks new daemons (``containerd_shimkit.cli.template``)."""
+    return "template" in argv and "-id" not in argv
+
+
 def process_parents() -> dict[int, int]:
     """pid → ppid for every process visible in /proc."""
     out: dict[int, int] = {}
@@ -722,14 +728,20 @@ class LeakTracker:
         }
         return [Leftover("socket", str(SHIM_SOCKET_DIR / n)) for n in sorted(new & names)]
 
-    def find(self, bundles: Path) -> list[Leftover]:
-        """Everything currently left behind (see the class docstring for what counts)."""
+    def find(self, bundles: Path, templates: bool = True) -> list[Leftover]:
+        """Everything currently left behind (see the class docstring for what counts).
+
+        ``templates=False`` while containerd runs: a shim's template lives as long as
+        containerd does, and is a leftover only once containerd has stopped.
+        """
         if self._snap is None:
             return []
         snap = self._snap
         self._read_ids(bundles)
         found: list[Leftover] = []
         for pid, argv in self.shim_processes():
+            if not templates and is_shim_template(argv):
+                continue
             found.append(Leftover("process", str(pid), " ".join(argv), (pid,)))
             self.add_tokens(argv)
         for mp, fstype in mount_points():
@@ -1111,20 +1123,23 @@ class PrivateContainerd:
 
     # ----------------------------------------------------------------- leftovers
 
-    def shim_processes(self) -> list[tuple[int, list[str]]]:
+    def shim_processes(self, include_templates: bool = False) -> list[tuple[int, list[str]]]:
         """``(pid, argv)`` of every running shim started for this containerd.
 
         Matched by ``-address <this socket>``: the daemon of a runc-style shim re-executes
         itself with the same flags, so one entry per shim daemon (plus any ``start`` or
-        ``delete`` invocation that is running at that moment).
+        ``delete`` invocation that is running at that moment). A shim's template (it lives
+        as long as containerd, see ``containerd_shimkit.cli.template``) is left out unless
+        ``include_templates``; after containerd stops, one that is still there is a leak.
         """
-        return self.tracker.shim_processes()
+        found = self.tracker.shim_processes()
+        return found if include_templates else [p for p in found if not is_shim_template(p[1])]
 
     def leftover_items(self, wait: float = 0.0) -> list[Leftover]:
         """Like :meth:`leftovers`, as :class:`Leftover` records."""
         deadline = time.monotonic() + wait
         while True:
-            found = self.tracker.find(self._bundles)
+            found = self.tracker.find(self._bundles, templates=not self.running)
             if not found or time.monotonic() >= deadline:
                 return found
             time.sleep(0.1)

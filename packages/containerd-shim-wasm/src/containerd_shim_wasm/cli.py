@@ -47,6 +47,12 @@ class ShimCli:
             level = logging.getLogger().level
             WasmInstance.zygote = Zygote.fork(lambda: zygote_factory(shim, level))
 
+        def warm() -> None:
+            # What the daemon and the zygote import, and the engine (no threads start).
+            from . import executor, instance  # noqa: F401 - the import is the point
+
+            shim.sandbox().preload()
+
         def cleanup(request: CleanupRequest) -> int:
             from .cleanup import cleanup as wasm_cleanup
 
@@ -61,5 +67,6 @@ class ShimCli:
                 cleanup=cleanup,
                 default_log_level=log_level,
                 setup_logging=setup_logging,
+                warm=warm,
             )
         )

@@ -38,11 +38,23 @@ def open_log(bundle: Path) -> None:
     os.close(fd)
 
 
-def main_serve(flags: Flags, spec: ShimSpec) -> int:
-    """Run the daemon until Shutdown (with no containers left) or SIGTERM."""
+def import_daemon_modules() -> None:
+    """Import what the daemon runs on (also done once by the template, for its children)."""
     # asyncio imports ssl (~4 MB resident) for TLS this daemon never uses: its sockets are
     # unix sockets, and grpc brings its own TLS. The zygote puts it back for engines.
     sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+    import asyncio  # noqa: F401 - the import is the point
+    import logging  # noqa: F401
+
+    from .. import logs, ttrpc  # noqa: F401
+    from ..api import shim_pb2, shim_v3_pb2  # noqa: F401
+    from ..reaper import set_child_subreaper  # noqa: F401
+    from ..task import events, service  # noqa: F401
+
+
+def main_serve(flags: Flags, spec: ShimSpec) -> int:
+    """Run the daemon until Shutdown (with no containers left) or SIGTERM."""
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type] # see import_daemon_modules
     from .. import logs
     from ..reaper import set_child_subreaper
 
@@ -55,9 +67,8 @@ def main_serve(flags: Flags, spec: ShimSpec) -> int:
     import asyncio
     import logging
 
-    from .. import ttrpc  # noqa: F401 - loaded before the fork below, see there
-    from ..api import shim_pb2, shim_v3_pb2  # noqa: F401
-    from ..task import service  # noqa: F401
+    # Loaded before the zygote's fork below, so that daemon and zygote share them.
+    import_daemon_modules()
 
     if spec.prepare_daemon is not None:
         # Fork the zygote now: after the heavy imports, so daemon and zygote share their

@@ -29,6 +29,10 @@ class ShimSpec:
         default_log_level: the daemon's level without ``-debug`` or ``$SHIM_LOG_LEVEL``.
         setup_logging: configure the root logger for containerd's log FIFO (turn off when
             the embedding program configures logging itself).
+        warm: imports and preloads what the daemon and its zygote need (the shim's Instance
+            module, the engine). Setting it turns on the template
+            (:mod:`containerd_shimkit.cli.template`), which runs it once per containerd and
+            then forks pre-warmed daemons for new pods.
 
     A plain class, not a dataclass: ``dataclasses`` costs ~15 ms to import, and every
     ``start`` and ``delete`` builds one.
@@ -43,6 +47,7 @@ class ShimSpec:
         cleanup: CleanupHook | None = None,
         default_log_level: str = "info",
         setup_logging: bool = True,
+        warm: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -51,6 +56,7 @@ class ShimSpec:
         self.cleanup = cleanup
         self.default_log_level = default_log_level
         self.setup_logging = setup_logging
+        self.warm = warm
 
     def __repr__(self) -> str:
         return f"ShimSpec(name={self.name!r})"
@@ -92,11 +98,15 @@ def run(spec: ShimSpec, argv: list[str] | None = None) -> NoReturn:
     if flags.action == "start":
         from .start import main_start
 
-        sys.exit(main_start(flags, sys.stdin.buffer.read(), program))
+        sys.exit(main_start(flags, sys.stdin.buffer.read(), program, spec.warm is not None))
     if flags.action == "delete":
         from .delete import main_delete
 
         sys.exit(main_delete(flags, spec.cleanup))
+    if flags.action == "template":
+        from .template import main_template
+
+        sys.exit(main_template(flags, spec, program))
     if flags.action:
         sys.stderr.write(f"{os.path.basename(program)}: unknown action {flags.action!r}\n")
         sys.exit(2)

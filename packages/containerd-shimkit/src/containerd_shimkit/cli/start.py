@@ -126,8 +126,15 @@ def write_address(bundle: str, address: str) -> None:
     os.replace(tmp, os.path.join(bundle, "address"))
 
 
-def start(flags: Flags, program: str, socket_dir: str = DEFAULT_SOCKET_DIR) -> str:
-    """Run the ``start`` action; return the address to report."""
+def start(
+    flags: Flags, program: str, socket_dir: str = DEFAULT_SOCKET_DIR, template: bool = False
+) -> str:
+    """Run the ``start`` action; return the address to report.
+
+    With ``template``, a new group's daemon is forked by the shim's template when one is
+    running (see :mod:`containerd_shimkit.cli.template`), else exec'd as usual while a
+    template starts in the background for the next group.
+    """
     if not flags.id or not flags.namespace:
         raise StartError("start needs -id and -namespace")
     bundle = os.getcwd()
@@ -135,18 +142,32 @@ def start(flags: Flags, program: str, socket_dir: str = DEFAULT_SOCKET_DIR) -> s
     path = address.removeprefix("unix://")
     listener = bind_or_reuse(path)
     if listener is not None:
-        spawn_daemon(flags, listener, program)
+        launch_daemon(flags, listener, program, template)
     write_address(bundle, address)
     return address
 
 
-def main_start(flags: Flags, stdin: bytes, program: str) -> int:
+def launch_daemon(flags: Flags, listener: socket.socket, program: str, template: bool) -> None:
+    """Get a daemon serving ``listener``: from the template, or exec'd."""
+    if not template:
+        spawn_daemon(flags, listener, program)
+        return
+    from . import template as templates
+
+    if not templates.enabled():
+        spawn_daemon(flags, listener, program)
+    elif templates.fork_from_template(flags, listener, program) is None:
+        spawn_daemon(flags, listener, program)
+        templates.spawn_template(flags, program)
+
+
+def main_start(flags: Flags, stdin: bytes, program: str, template: bool = False) -> int:
     """``start`` as containerd runs it: output on stdout, errors on stderr, exit status."""
     from .bootstrap import parse_stdin, render
 
     try:
         request = parse_stdin(stdin, flags)
-        address = start(flags, program, request.socket_dir)
+        address = start(flags, program, request.socket_dir, template)
     except StartError as exc:
         sys.stderr.write(f"{os.path.basename(program)}: {exc}\n")
         return 1
