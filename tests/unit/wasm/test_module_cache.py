@@ -11,6 +11,7 @@ import pytest
 from containerd_shim_wasm import Compiler, Sandbox, Shim, WasmLayer
 from containerd_shim_wasm.executor import verified
 from containerd_shim_wasm.module_cache import ModuleCache, digest_of
+from containerd_shim_wasm.node_cache import NodeCache
 
 MODULE = b"\0asm\x01\0\0\0" + b"\x00" * 32
 OTHER_MODULE = b"\0asm\x01\0\0\0" + b"\x01" * 32
@@ -155,3 +156,18 @@ def test_verified_rejects_another_file(tmp_path: Path, monkeypatch: pytest.Monke
     assert verified(artifact(MODULE), ["./missing.wasm"], []) is None
     assert verified(artifact(MODULE), [], []) is None
     assert verified(None, ["./app.wasm"], []) is None
+
+
+def test_a_new_pod_loads_what_another_pod_compiled(tmp_path: Path, compile_log: Path) -> None:
+    """Two zygotes (two ModuleCaches) on one node: the module is compiled once."""
+    node = NodeCache(str(tmp_path / "node"))
+    fd = open_file(tmp_path / "m.wasm", MODULE)
+    try:
+        first = ModuleCache(shim_with(compile_log), node_cache=node).artifact_for(fd)
+        second = ModuleCache(shim_with(compile_log), node_cache=node).artifact_for(fd)
+    finally:
+        os.close(fd)
+    assert first is not None and second is not None
+    assert first.data == second.data == b"ART" + MODULE
+    assert compiles(compile_log) == [digest_of(MODULE)]
+    assert node.load("test", digest_of(MODULE)) == b"ART" + MODULE

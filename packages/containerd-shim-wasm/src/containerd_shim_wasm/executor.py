@@ -32,6 +32,7 @@ from containerd_shimkit.zygote import Handler
 
 from .context import FileSource, SpecContext, WasmLayer, env_path
 from .module_cache import ModuleCache, digest_of
+from .node_cache import NodeCache
 from .sandbox import ResourceLimits, Sandbox
 from .shim import Shim
 
@@ -226,7 +227,7 @@ def zygote_factory(shim: type[Shim], log_level: int) -> Handler:
     log_stream = os.fdopen(os.dup(2), "w", buffering=1)
     logs.setup(log_level, log_stream)
     shim.sandbox().preload()
-    modules = ModuleCache(shim)
+    modules = ModuleCache(shim, node_cache=NodeCache.from_env(shim.name()))
     # Objects that exist now are never collected: keep the collector from touching (and so
     # copying) their pages in every container forked from here.
     import gc

@@ -12,7 +12,9 @@ the file it is about to run and uses the artifact only if that file has the same
 artifact itself is native code made by the shim, never bytes from the image.
 
 Compiling happens in a forked child: engines start compiler threads, and the zygote must stay
-single-threaded to fork containers safely.
+single-threaded to fork containers safely. The child first looks in the node's cache
+(:mod:`containerd_shim_wasm.node_cache`), where it also stores what it compiles, so a module
+is compiled once per node rather than once per pod.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 from collections import OrderedDict
 
 from .context import WasmLayer
+from .node_cache import NodeCache
 from .shim import Shim
 
 log = logging.getLogger(__name__)
@@ -35,8 +38,8 @@ _WASM_MAGIC = b"\0asm"
 MAX_MODULE_BYTES = 256 << 20
 #: Artifacts kept per zygote, least recently used dropped first.
 MAX_CACHE_BYTES = 256 << 20
-#: Exit status of the compile child when the compiler declined the module.
-_DECLINED = 3
+#: Exit statuses of the compile child: compiled, declined by the compiler, from the node cache.
+_COMPILED, _DECLINED, _FROM_NODE_CACHE = 0, 3, 4
 
 
 def digest_of(data: bytes) -> str:
@@ -47,9 +50,15 @@ def digest_of(data: bytes) -> str:
 class ModuleCache:
     """The zygote's compiled modules, by the SHA-256 of the module file."""
 
-    def __init__(self, shim: type[Shim], max_bytes: int = MAX_CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        shim: type[Shim],
+        max_bytes: int = MAX_CACHE_BYTES,
+        node_cache: NodeCache | None = None,
+    ) -> None:
         self.shim = shim
         self.max_bytes = max_bytes
+        self.node_cache = node_cache
         # digest → artifact, or None when the compiler declined it (not compiled again).
         self._entries: OrderedDict[str, WasmLayer | None] = OrderedDict()
         self._size = 0
@@ -73,9 +82,10 @@ class ModuleCache:
             self._entries.move_to_end(digest)
             return self._entries[digest]
         started = time.monotonic()
-        compiled = _compile_in_child(self.shim, WasmLayer("application/wasm", digest, data))
+        layer = WasmLayer("application/wasm", digest, data)
+        compiled, status = _compile_in_child(self.shim, layer, self.node_cache)
         log.info(
-            "compiled the module for this pod" if compiled else "the module was not compiled",
+            _OUTCOMES.get(status, "the module was not compiled"),
             extra={"digest": digest, "ms": round((time.monotonic() - started) * 1000)},
         )
         artifact = WasmLayer("application/wasm", digest, compiled, True) if compiled else None
@@ -97,36 +107,54 @@ def _read_all(fd: int, size: int) -> bytes:
     return data
 
 
-def _compile_in_child(shim: type[Shim], layer: WasmLayer) -> bytes | None:
-    """Run the shim's Compiler on ``layer`` in a child process; the artifact or ``None``."""
+_OUTCOMES = {
+    _COMPILED: "compiled the module for this pod",
+    _FROM_NODE_CACHE: "loaded the module for this pod from the node cache",
+}
+
+
+def _compile_in_child(
+    shim: type[Shim], layer: WasmLayer, node_cache: NodeCache | None
+) -> tuple[bytes | None, int]:
+    """Get ``layer``'s artifact in a child process: from the node cache, or by running the
+    shim's Compiler (then stored in the node cache). The artifact (or ``None``) and how."""
     out = os.memfd_create("compiled-module", os.MFD_CLOEXEC)
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child; covered by the zygote tests
             code = 1
             try:
-                code = _compile_to(shim, layer, out)
+                code = _compile_to(shim, layer, out, node_cache)
             except BaseException:
                 log.exception("compiling the module failed", extra={"digest": layer.digest})
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            return None
-        return _read_all(out, os.fstat(out).st_size)
+        code = os.waitstatus_to_exitcode(status)
+        if code not in (_COMPILED, _FROM_NODE_CACHE):
+            return None, code
+        return _read_all(out, os.fstat(out).st_size), code
     finally:
         os.close(out)
 
 
-def _compile_to(shim: type[Shim], layer: WasmLayer, out: int) -> int:
-    async def compile_one() -> bytes | None:
+def _compile_to(shim: type[Shim], layer: WasmLayer, out: int, node_cache: NodeCache | None) -> int:
+    async def get() -> tuple[bytes | None, int]:
         compiler = await shim.compiler()
-        return None if compiler is None else (await compiler.compile([layer]))[0]
+        if compiler is None:
+            return None, _DECLINED
+        key = compiler.cache_key() if node_cache else ""
+        if node_cache and (stored := node_cache.load(key, layer.digest)) is not None:
+            return stored, _FROM_NODE_CACHE
+        artifact = (await compiler.compile([layer]))[0]
+        if artifact is not None and node_cache:
+            node_cache.store(key, layer.digest, artifact)
+        return artifact, _COMPILED if artifact is not None else _DECLINED
 
-    artifact = asyncio.run(compile_one())
+    artifact, code = asyncio.run(get())
     if artifact is None:
-        return _DECLINED
+        return code
     view = memoryview(artifact)
     while view:
         view = view[os.write(out, view) :]
-    return 0
+    return code
