@@ -50,8 +50,12 @@ class ShimCli:
         def warm() -> None:
             # What the daemon and the zygote import, and the engine (no threads start).
             from . import executor, instance  # noqa: F401 - the import is the point
+            from .module_cache import learn_cache_key
+            from .node_cache import NodeCache
 
             shim.sandbox().preload()
+            if NodeCache.from_env(shim.name()) is not None:
+                learn_cache_key(shim)  # in a child: daemons and zygotes inherit the key
 
         def cleanup(request: CleanupRequest) -> int:
             from .cleanup import cleanup as wasm_cleanup

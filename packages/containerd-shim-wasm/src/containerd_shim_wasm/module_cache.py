@@ -11,10 +11,12 @@ the file it is about to run and uses the artifact only if that file has the same
 (:meth:`WasmWorkload.prepare <containerd_shim_wasm.executor.WasmWorkload.prepare>`). The
 artifact itself is native code made by the shim, never bytes from the image.
 
-Compiling happens in a forked child: engines start compiler threads, and the zygote must stay
-single-threaded to fork containers safely. The child first looks in the node's cache
-(:mod:`containerd_shim_wasm.node_cache`), where it also stores what it compiles, so a module
-is compiled once per node rather than once per pod.
+Before compiling, the zygote looks in the node's cache (:mod:`containerd_shim_wasm.node_cache`),
+where the compile child also stores what it compiles: a module is compiled once per node,
+not once per pod. Compiling (and computing the Compiler's cache key, which compiles an
+empty module) happens in forked children: engines start compiler threads, and the zygote
+must stay single-threaded to fork containers safely. The template computes the key once
+(:func:`learn_cache_key`) and every daemon and zygote forked from it inherits it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import stat
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from .context import WasmLayer
 from .node_cache import NodeCache
@@ -38,8 +41,12 @@ _WASM_MAGIC = b"\0asm"
 MAX_MODULE_BYTES = 256 << 20
 #: Artifacts kept per zygote, least recently used dropped first.
 MAX_CACHE_BYTES = 256 << 20
-#: Exit statuses of the compile child: compiled, declined by the compiler, from the node cache.
-_COMPILED, _DECLINED, _FROM_NODE_CACHE = 0, 3, 4
+#: Exit statuses of the compile child: compiled, declined by the compiler.
+_COMPILED, _DECLINED = 0, 3
+
+#: shim name → its Compiler's cache key ("" when it has no Compiler), once known in this
+#: process (or in the template it was forked from).
+_cache_keys: dict[str, str] = {}
 
 
 def digest_of(data: bytes) -> str:
@@ -64,9 +71,9 @@ class ModuleCache:
         self._size = 0
 
     def artifact_for(self, fd: int) -> WasmLayer | None:
-        """The precompiled artifact of the module file open at ``fd``, compiling it on first
-        use; ``None`` when it is not a wasm binary or cannot be compiled (the init then
-        compiles or rejects it itself, with the usual error messages)."""
+        """The precompiled artifact of the module file open at ``fd``: from memory, from the
+        node cache, or compiled now; ``None`` when it is not a wasm binary or cannot be
+        compiled (the init then compiles or rejects it itself, with the usual messages)."""
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MODULE_BYTES:
@@ -82,12 +89,15 @@ class ModuleCache:
             self._entries.move_to_end(digest)
             return self._entries[digest]
         started = time.monotonic()
-        layer = WasmLayer("application/wasm", digest, data)
-        compiled, status = _compile_in_child(self.shim, layer, self.node_cache)
-        log.info(
-            _OUTCOMES.get(status, "the module was not compiled"),
-            extra={"digest": digest, "ms": round((time.monotonic() - started) * 1000)},
-        )
+        key = learn_cache_key(self.shim) if self.node_cache else ""
+        compiled = self.node_cache.load(key, digest) if self.node_cache and key else None
+        if compiled is not None:
+            outcome = "loaded the module for this pod from the node cache"
+        else:
+            layer = WasmLayer("application/wasm", digest, data)
+            compiled = _compile_in_child(self.shim, layer, self.node_cache, key)
+            outcome = "compiled the module for this pod" if compiled else "not compiled"
+        log.info(outcome, extra={"digest": digest, "ms": _ms_since(started)})
         artifact = WasmLayer("application/wasm", digest, compiled, True) if compiled else None
         self._remember(digest, artifact)
         return artifact
@@ -100,6 +110,28 @@ class ModuleCache:
             self._size -= len(dropped.data) if dropped else 0
 
 
+def learn_cache_key(shim: type[Shim]) -> str:
+    """The shim's Compiler cache key ("" without a Compiler), computed once per process
+    tree in a forked child (the template calls this so that its daemons inherit it)."""
+    key = _cache_keys.get(shim.name())
+    if key is None:
+        key = _in_child(lambda: _key_of(shim)).decode()
+        _cache_keys[shim.name()] = key
+    return key
+
+
+def _key_of(shim: type[Shim]) -> bytes:
+    async def get() -> str:
+        compiler = await shim.compiler()
+        return compiler.cache_key() if compiler is not None else ""
+
+    return asyncio.run(get()).encode()
+
+
+def _ms_since(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
 def _read_all(fd: int, size: int) -> bytes:
     data = os.pread(fd, size, 0)
     if len(data) != size:
@@ -107,54 +139,45 @@ def _read_all(fd: int, size: int) -> bytes:
     return data
 
 
-_OUTCOMES = {
-    _COMPILED: "compiled the module for this pod",
-    _FROM_NODE_CACHE: "loaded the module for this pod from the node cache",
-}
-
-
-def _compile_in_child(
-    shim: type[Shim], layer: WasmLayer, node_cache: NodeCache | None
-) -> tuple[bytes | None, int]:
-    """Get ``layer``'s artifact in a child process: from the node cache, or by running the
-    shim's Compiler (then stored in the node cache). The artifact (or ``None``) and how."""
-    out = os.memfd_create("compiled-module", os.MFD_CLOEXEC)
+def _in_child(work: Callable[[], bytes | None]) -> bytes:
+    """Run ``work`` in a forked child; its bytes (b"" when it returned None or failed)."""
+    out = os.memfd_create("module-cache", os.MFD_CLOEXEC)
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child; covered by the zygote tests
             code = 1
             try:
-                code = _compile_to(shim, layer, out, node_cache)
+                result = work()
+                view = memoryview(result or b"")
+                while view:
+                    view = view[os.write(out, view) :]
+                code = _COMPILED if result is not None else _DECLINED
             except BaseException:
-                log.exception("compiling the module failed", extra={"digest": layer.digest})
+                log.exception("the module cache's child failed")
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        if code not in (_COMPILED, _FROM_NODE_CACHE):
-            return None, code
-        return _read_all(out, os.fstat(out).st_size), code
+        if os.waitstatus_to_exitcode(status) != _COMPILED:
+            return b""
+        return _read_all(out, os.fstat(out).st_size)
     finally:
         os.close(out)
 
 
-def _compile_to(shim: type[Shim], layer: WasmLayer, out: int, node_cache: NodeCache | None) -> int:
-    async def get() -> tuple[bytes | None, int]:
-        compiler = await shim.compiler()
-        if compiler is None:
-            return None, _DECLINED
-        key = compiler.cache_key() if node_cache else ""
-        if node_cache and (stored := node_cache.load(key, layer.digest)) is not None:
-            return stored, _FROM_NODE_CACHE
-        artifact = (await compiler.compile([layer]))[0]
-        if artifact is not None and node_cache:
-            node_cache.store(key, layer.digest, artifact)
-        return artifact, _COMPILED if artifact is not None else _DECLINED
+def _compile_in_child(
+    shim: type[Shim], layer: WasmLayer, node_cache: NodeCache | None, key: str
+) -> bytes | None:
+    """Run the shim's Compiler on ``layer`` in a child process, which also stores the
+    artifact in the node cache; the artifact, or ``None``."""
 
-    artifact, code = asyncio.run(get())
-    if artifact is None:
-        return code
-    view = memoryview(artifact)
-    while view:
-        view = view[os.write(out, view) :]
-    return code
+    def compile_one() -> bytes | None:
+        async def get() -> bytes | None:
+            compiler = await shim.compiler()
+            return None if compiler is None else (await compiler.compile([layer]))[0]
+
+        artifact = asyncio.run(get())
+        if artifact is not None and node_cache is not None and key:
+            node_cache.store(key, layer.digest, artifact)
+        return artifact
+
+    return _in_child(compile_one) or None
