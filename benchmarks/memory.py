@@ -53,8 +53,10 @@ from benchmarks.common import (
     container_id_of,
     descendants_of,
     finish,
+    is_template,
     machine_info,
     memory_of,
+    names_address,
     print_table,
     processes,
     runc_shims,
@@ -144,6 +146,27 @@ def measure_group(ctr: Ctr, runtime: str, ids: Sequence[str]) -> Group:
     )
 
 
+def templates(ctr: Ctr) -> list[Proc]:
+    """Our shim's template for this containerd (one at most)."""
+    return [
+        p for p in processes().values() if is_template(p) and names_address(p.argv, ctr.ctd.address)
+    ]
+
+
+def ensure_template(ctr: Ctr, timeout: float = 30.0) -> Proc:
+    """Run one wasm container so that a template starts (as on a node that already ran a
+    pod), and wait for it: the measured daemons are then forked from it, as in production."""
+    cid = ctr.new_id("warmup")
+    ctr("run", "--rm", "--runtime", WASM_RUNTIME, HELLO_IMAGE, cid, "/demo.wasm", "echo", "x")
+    deadline = time.monotonic() + timeout
+    while not (found := templates(ctr)):
+        if time.monotonic() > deadline:
+            raise RuntimeError("no template started")
+        time.sleep(0.1)
+    ctr.wait_no_shims()
+    return found[0]
+
+
 def run_group(ctr: Ctr, runtime: str, count: int, settle: float, samples: int) -> Group:
     """Start ``count`` idle containers in one group, measure, remove them."""
     pod = ctr.new_id(f"{runtime}-pod")
@@ -203,11 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctr = Ctr(ctd)
         try:
             machine = machine_info(ctd)
+            template = ensure_template(ctr) if "wasm" in runtimes else None
             for runtime in runtimes:
                 for count in counts:
                     groups[runtime, count] = run_group(
                         ctr, runtime, count, args.settle, args.samples
                     )
+            template_kb = memory_of(template.pid) if template else None
             state = bytecode_state(env)  # before the private pycache goes
         finally:
             ctr.remove_all()
@@ -277,6 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"threads: daemon {g1.daemon.threads}, zygote {g1.zygote.threads}, "
             f"container {statistics.median(m.threads for m in g1.per_container.values()):.0f}"
         )
+    if template_kb is not None:
+        print(
+            f"template (one per node, forks each new pod's daemon; its pages are shared with "
+            f"them): RSS {mib(template_kb.rss):.1f} MiB, PSS {mib(template_kb.pss):.1f} MiB"
+        )
     print(f"bytecode: {state}")
     if leftovers:
         print(f"LEFTOVERS: {leftovers}")
@@ -293,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "machine": machine,
                 "groups": {f"{r}x{c}": g.as_json() for (r, c), g in groups.items()},
                 "marginal_per_container": marginal,
+                "template_kb": asdict(template_kb) if template_kb else None,
                 "targets_kb": TARGETS_KB,
                 "leftovers": leftovers,
             },
