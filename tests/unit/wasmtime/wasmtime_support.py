@@ -13,6 +13,7 @@ from pathlib import Path
 
 from containerd_shim_wasm.context import RuntimeContext
 from containerd_shim_wasmtime import WasmtimeSandbox
+from containerd_shim_wasmtime.engine import INTERRUPTIBLE_FLAGS
 
 MODULES = Path(__file__).parent / "modules"
 
@@ -28,6 +29,12 @@ class ForkSafeSandbox(WasmtimeSandbox):
     """
 
     _engine_flags = {**WasmtimeSandbox._engine_flags, "parallel_compilation": False}
+
+
+class InterruptibleSandbox(ForkSafeSandbox):
+    """With epoch interruption, which embedders that cancel ``run_wasi`` in-process use."""
+
+    _engine_flags = {**INTERRUPTIBLE_FLAGS, "parallel_compilation": False}
 
 
 @dataclass

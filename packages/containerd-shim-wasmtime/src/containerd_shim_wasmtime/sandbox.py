@@ -83,13 +83,19 @@ class WasmtimeSandbox(Sandbox):
     ``ctx.envs()``, the process's fds 0/1/2 and the container's ``/`` preopened as ``/``.
     """
 
-    #: Engine settings; kept identical to :class:`WasmtimeCompiler` (a test overrides it).
+    #: Engine settings; kept identical to :class:`WasmtimeCompiler`. A subclass may use
+    #: :data:`~containerd_shim_wasmtime.engine.INTERRUPTIBLE_FLAGS` (tests do).
     _engine_flags: ClassVar[EngineFlags] = ENGINE_FLAGS
     #: Host directory preopened as the guest's ``/``. This runs after ``pivot_root``, so
     #: ``/`` is the container's rootfs; tests point it at a temporary directory.
     _preopen_host_dir: str = "/"
-    #: Seconds a cancelled ``run_wasi`` waits for a guest stuck in a host call.
+    #: Seconds a cancelled ``run_wasi`` waits for an epoch-interrupted guest to unwind
+    #: (without epoch interruption nothing would end it: the call returns at once).
     _cancel_grace: float = 1.0
+
+    @classmethod
+    def _interruptible(cls) -> bool:
+        return bool(cls._engine_flags.get("epoch_interruption"))
 
     @classmethod
     def preload(cls) -> None:
@@ -102,19 +108,25 @@ class WasmtimeSandbox(Sandbox):
         """Run the entrypoint; see :meth:`Sandbox.run_wasi` for exit codes and cancellation.
 
         A ``wasi:cli/run`` component returning ``err`` exits 1, as ``wasmtime run`` does.
+        Cancelled, it raises ``CancelledError`` at once; the guest thread (a daemon thread)
+        is abandoned and ends with the process, unless the engine has epoch interruption,
+        which stops a guest that is running wasm code (not one blocked in a host call).
         """
         import threading
 
         engine = engine_for(self._engine_flags)
         cancelled = threading.Event()
+        interruptible = self._interruptible()
 
         def stop() -> None:
             # Order matters: the worker sets its epoch deadline before checking the flag,
             # so either it sees the flag or this increment passes its deadline.
             cancelled.set()
-            engine.increment_epoch()
+            if interruptible:
+                engine.increment_epoch()
 
-        return await in_thread(lambda: self._run(engine, ctx, cancelled), stop, self._cancel_grace)
+        grace = self._cancel_grace if interruptible else 0.0
+        return await in_thread(lambda: self._run(engine, ctx, cancelled), stop, grace)
 
     async def can_handle(self, ctx: RuntimeContext) -> None:
         """Accept one OCI layer, or a file wasmtime validates as a core module, a component
@@ -160,7 +172,8 @@ class WasmtimeSandbox(Sandbox):
         wasi.preopen_dir(self._preopen_host_dir, "/")
         store = wasmtime.Store(engine)
         store.set_wasi(wasi)
-        store.set_epoch_deadline(1)  # before anything runs: see ``stop`` in run_wasi
+        if self._interruptible():
+            store.set_epoch_deadline(1)  # before anything runs: see ``stop`` in run_wasi
         if self.limits.memory_bytes is not None:
             # The guest's memory.grow (malloc) fails instead of the cgroup OOM-killing us.
             store.set_limits(memory_size=self.limits.memory_bytes)
