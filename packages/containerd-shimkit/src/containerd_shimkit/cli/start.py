@@ -9,15 +9,27 @@ writes ``<bundle>/address`` and prints the address (or a ``BootstrapResult`` for
 
 from __future__ import annotations
 
+# ``_socket``, not ``socket``: the wrapper module imports enum, selectors and more (~6 ms),
+# and start runs for every container; the C socket type has everything used here.
+import _socket as socket
 import errno
-import hashlib
-import json
 import os
 import posixpath
-import socket
 import sys
 
+from . import lightjson
 from .flags import Flags, to_argv
+
+try:  # the builtin SHA-256: hashlib would first load OpenSSL (~4 ms) for this one digest
+    from _sha256 import sha256 as _sha256  # type: ignore[import-not-found, unused-ignore]
+except ImportError:  # pragma: no cover - Python 3.12+ renamed it
+    from hashlib import sha256 as _sha256
+
+
+def sha256_hex(data: bytes) -> str:
+    """SHA-256 of ``data`` in hex, without loading OpenSSL."""
+    return str(_sha256(data).hexdigest())
+
 
 DEFAULT_SOCKET_DIR = "/run/containerd/s"
 #: Annotations that put containers into one shim group, in order of preference (runc's).
@@ -34,7 +46,7 @@ def group_of(bundle: str, container_id: str) -> str:
     """The grouping key: the pod's sandbox id from ``config.json``, else the container id."""
     try:
         with open(os.path.join(bundle, "config.json"), "rb") as f:
-            annotations = json.load(f).get("annotations") or {}
+            annotations = lightjson.loads(f.read()).get("annotations") or {}
     except (OSError, ValueError, AttributeError):
         return container_id
     for key in GROUP_ANNOTATIONS:
@@ -50,7 +62,7 @@ def socket_address(
     """``unix://<socket_dir>/<sha256 hex>`` exactly as containerd's shim library computes it."""
     # Go: filepath.Join(address, namespace, id), which also cleans the path.
     joined = posixpath.normpath(posixpath.join(containerd_address, namespace, group))
-    digest = hashlib.sha256(joined.encode()).hexdigest()
+    digest = sha256_hex(joined.encode())
     return f"unix://{socket_dir}/{digest}"
 
 

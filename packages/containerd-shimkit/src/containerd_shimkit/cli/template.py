@@ -25,15 +25,16 @@ imports only light modules; the server half imports the daemon's modules.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import _socket
 import os
-import socket
 
+from . import lightjson
 from .flags import Flags, to_argv
+from .start import sha256_hex
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    import socket
     from typing import Any, NoReturn
 
     from .main import ShimSpec
@@ -58,13 +59,13 @@ def enabled() -> bool:
 def template_name(program: str, address: str) -> str:
     """The template's abstract socket name for this shim binary and containerd."""
     key = f"{os.path.realpath(program)}\0{address}".encode()
-    return f"\0containerd-shim-template-{hashlib.sha256(key).hexdigest()[:32]}"
+    return f"\0containerd-shim-template-{sha256_hex(key)[:32]}"
 
 
 # --------------------------------------------------------------------------- client
 
 
-def fork_from_template(flags: Flags, listener: socket.socket, program: str) -> int | None:
+def fork_from_template(flags: Flags, listener: _socket.socket, program: str) -> int | None:
     """Ask the template to fork this group's daemon on ``listener``; its pid, or ``None``
     when there is no template, or it refused (then the caller execs the daemon itself).
 
@@ -79,14 +80,15 @@ def fork_from_template(flags: Flags, listener: socket.socket, program: str) -> i
     from .start import StartError
 
     request = {"argv": [program, *to_argv(flags)], "env": dict(os.environ), "cwd": os.getcwd()}
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
     conn.settimeout(REQUEST_TIMEOUT)
     try:
         try:
             conn.connect(template_name(program, flags.address))
             rights = array.array("i", [listener.fileno()])
             conn.sendmsg(
-                [json.dumps(request).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)]
+                [lightjson.dumps(request).encode()],
+                [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)],
             )
         except OSError:
             return None  # no template (or it is gone): it never got the listener
@@ -103,7 +105,7 @@ def fork_from_template(flags: Flags, listener: socket.socket, program: str) -> i
     finally:
         conn.close()
     try:
-        reply = json.loads(data) if data else {}
+        reply = lightjson.loads(data) if data else {}
     except ValueError:
         reply = {}
     pid = reply.get("pid") if isinstance(reply, dict) else None
@@ -113,12 +115,12 @@ def fork_from_template(flags: Flags, listener: socket.socket, program: str) -> i
     return pid
 
 
-def _kill_peer(conn: socket.socket) -> None:
+def _kill_peer(conn: _socket.socket) -> None:
     import signal
     import struct
 
     try:
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        creds = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
         pid = struct.unpack("3i", creds)[0]
         if pid > 0:
             os.kill(pid, signal.SIGKILL)
@@ -157,6 +159,7 @@ def spawn_template(flags: Flags, program: str) -> None:
 def main_template(flags: Flags, spec: ShimSpec, program: str) -> int:
     """Run the template (the ``template`` action) until it has a reason to exit."""
     import signal
+    import socket
 
     try:
         watched = int(flags.rest[0])
@@ -205,7 +208,7 @@ def _serve(server: socket.socket, pidfd: int, spec: ShimSpec, loaded: dict[str, 
             except (OSError, ValueError):
                 continue
             if _changed(loaded):
-                conn.send(json.dumps({"error": "the shim was upgraded"}).encode())
+                conn.send(lightjson.dumps({"error": "the shim was upgraded"}).encode())
                 return 0
             if len(fds) != 1:
                 for fd in fds:
@@ -216,10 +219,11 @@ def _serve(server: socket.socket, pidfd: int, spec: ShimSpec, loaded: dict[str, 
                 _become_daemon(request, fds[0], spec, (server, conn), pidfd)
             os.close(fds[0])
             with contextlib.suppress(OSError):  # start gave up: the daemon serves anyway
-                conn.send(json.dumps({"pid": pid}).encode())
+                conn.send(lightjson.dumps({"pid": pid}).encode())
 
 
 def _same_user(conn: socket.socket) -> bool:
+    import socket
     import struct
 
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -229,13 +233,14 @@ def _same_user(conn: socket.socket) -> bool:
 
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     import array
+    import socket
 
     fds = array.array("i")
     data, ancdata, _flags, _addr = conn.recvmsg(MAX_MESSAGE, socket.CMSG_LEN(4 * fds.itemsize))
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
-    request = json.loads(data)
+    request = lightjson.loads(data)
     if not isinstance(request, dict) or not all(k in request for k in ("argv", "env", "cwd")):
         for fd in fds:
             os.close(fd)
