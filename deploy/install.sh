@@ -28,6 +28,8 @@ offline=0
 dry_run=0
 restart=0
 uninstall=0
+# The shim's node cache of compiled modules (the shim reads the same variable).
+compile_cache=${SHIM_COMPILE_CACHE:-/var/lib/containerd-shim-wasm/compiled}/wasmtime
 skip_venv=0
 skip_config=0
 force=0
@@ -340,6 +342,11 @@ remove_venv() {
 	if [ -e "$venv" ]; then
 		run rm -rf "$venv"
 		did "removed $venv"
+	fi
+	# The shim's compiled modules (containerd_shim_wasm.node_cache): useless without it.
+	if [ -e "$compile_cache" ]; then
+		run rm -rf "$compile_cache"
+		did "removed $compile_cache"
 	fi
 }
 

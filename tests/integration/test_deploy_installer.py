@@ -50,8 +50,14 @@ DISTS = ("containerd-shimkit", "containerd-shim-wasm", "containerd-shim-wasmtime
 def install_sh(
     *args: str, env: Mapping[str, str] | None = None, check: bool = True, timeout: float = 400
 ) -> subprocess.CompletedProcess[str]:
-    # No systemd here, and none is wanted: INSTALL_SYSTEMD_DIR points nowhere.
-    full_env = {**os.environ, "INSTALL_SYSTEMD_DIR": "/nonexistent/systemd", **(env or {})}
+    # No systemd here, and none is wanted: INSTALL_SYSTEMD_DIR points nowhere; and uninstall
+    # must not remove this machine's cache of compiled modules.
+    full_env = {
+        **os.environ,
+        "INSTALL_SYSTEMD_DIR": "/nonexistent/systemd",
+        "SHIM_COMPILE_CACHE": "/nonexistent/compiled",
+        **(env or {}),
+    }
     proc = subprocess.run(
         ["sh", str(INSTALL_SH), *args],
         capture_output=True, text=True, env=full_env, timeout=timeout, check=False,

@@ -122,7 +122,13 @@ class Installer:
         argv = ["sh", str(INSTALL_SH), "--python", sys.executable, "--prefix", str(self.prefix)]
         if skip_venv:
             argv.append("--skip-venv")
-        full_env = {**os.environ, "INSTALL_SYSTEMD_DIR": str(self.no_systemd), **(env or {})}
+        full_env = {
+            **os.environ,
+            "INSTALL_SYSTEMD_DIR": str(self.no_systemd),
+            # Never the node's real cache of compiled modules (uninstall removes it).
+            "SHIM_COMPILE_CACHE": str(self.tmp / "compiled"),
+            **(env or {}),
+        }
         proc = subprocess.run(
             [*argv, *args], capture_output=True, text=True, env=full_env, timeout=120, check=False
         )

@@ -133,3 +133,14 @@ def test_foreign_shim_in_bin_dir_is_kept(installer: Installer) -> None:
     assert "points elsewhere (/usr/bin/true); left alone" in proc.stderr
     assert foreign.is_symlink()
     assert not venv.exists()
+
+
+def test_uninstall_removes_the_compiled_modules(installer: Installer) -> None:
+    cache = installer.tmp / "compiled" / "wasmtime" / "key"
+    cache.mkdir(parents=True)
+    (cache / "sha256_ab").write_bytes(b"artifact")
+    other_shim = installer.tmp / "compiled" / "other"
+    other_shim.mkdir()
+    proc = installer.run("--skip-config", "--uninstall", skip_venv=False)
+    assert f"removed {installer.tmp / 'compiled' / 'wasmtime'}" in proc.stderr
+    assert not cache.exists() and other_shim.exists()
