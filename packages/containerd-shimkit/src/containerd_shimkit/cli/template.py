@@ -143,6 +143,7 @@ def spawn_template(flags: Flags, program: str) -> None:
         try:
             os.setsid()
             if os.fork() == 0:
+                os.chdir("/")  # not the first container's bundle, which containerd removes
                 null = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
                     os.dup2(null, fd)
