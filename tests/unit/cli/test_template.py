@@ -34,7 +34,9 @@ def listener() -> Iterator[socket.socket]:
     sock.close()
 
 
-def serve_once(name: str, answer: Callable[[socket.socket], None]) -> int:
+def serve_once(
+    name: str, answer: Callable[[socket.socket], None], as_uid: int | None = None
+) -> int:
     """A stand-in template in a child process: accept one request, ``answer`` it.
 
     The child listens itself, as the real template does: the client learns the template's
@@ -44,6 +46,8 @@ def serve_once(name: str, answer: Callable[[socket.socket], None]) -> int:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         try:
+            if as_uid is not None:
+                os.setuid(as_uid)
             server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             server.bind(name)
             server.listen(1)
@@ -149,3 +153,21 @@ def test_set_cmdline_rewrites_argv_in_place() -> None:
         [sys.executable, "-c", code, " " * 64], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "True False [b'shim', b'-id', b'c1']"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to listen as another user")
+def test_a_template_name_taken_by_another_user_gets_nothing(
+    flags: Flags, listener: socket.socket
+) -> None:
+    """Abstract socket names are first come, first served: a squatter must not receive the
+    listener (it would serve containerd) or start's environment."""
+
+    def squat(conn: socket.socket) -> None:
+        if conn.recv(1 << 20):
+            os._exit(3)  # it got the request
+
+    child = serve_once(template.template_name(PROGRAM, flags.address), squat, as_uid=65534)
+    assert template.fork_from_template(flags, listener, PROGRAM) is None
+    assert listener.fileno() != -1
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the squatter received the request"

@@ -85,6 +85,10 @@ def fork_from_template(flags: Flags, listener: _socket.socket, program: str) -> 
     try:
         try:
             conn.connect(template_name(program, flags.address))
+            if _peer(conn)[1] != os.geteuid():
+                # Abstract names are first come, first served: whoever listens there must be
+                # us before it gets the listener (it would serve containerd) or our env.
+                return None
             rights = array.array("i", [listener.fileno()])
             conn.sendmsg(
                 [lightjson.dumps(request).encode()],
@@ -115,13 +119,20 @@ def fork_from_template(flags: Flags, listener: _socket.socket, program: str) -> 
     return pid
 
 
-def _kill_peer(conn: _socket.socket) -> None:
-    import signal
+def _peer(conn: _socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end (for a listener: who listened)."""
     import struct
 
+    creds = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", creds)
+    return int(pid), int(uid), int(gid)
+
+
+def _kill_peer(conn: _socket.socket) -> None:
+    import signal
+
     try:
-        creds = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid = struct.unpack("3i", creds)[0]
+        pid = _peer(conn)[0]
         if pid > 0:
             os.kill(pid, signal.SIGKILL)
     except OSError:
@@ -202,8 +213,8 @@ def _serve(server: socket.socket, pidfd: int, spec: ShimSpec, loaded: dict[str, 
             return 0  # idle, or containerd exited
         conn, _ = server.accept()
         with conn:
-            if not _same_user(conn):
-                continue
+            if _peer(conn)[1] != os.geteuid():
+                continue  # only our own user may have daemons forked
             try:
                 request, fds = _receive(conn)
             except (OSError, ValueError):
@@ -221,15 +232,6 @@ def _serve(server: socket.socket, pidfd: int, spec: ShimSpec, loaded: dict[str, 
             os.close(fds[0])
             with contextlib.suppress(OSError):  # start gave up: the daemon serves anyway
                 conn.send(lightjson.dumps({"pid": pid}).encode())
-
-
-def _same_user(conn: socket.socket) -> bool:
-    import socket
-    import struct
-
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    uid: int = struct.unpack("3i", creds)[1]
-    return uid == os.getuid()
 
 
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
