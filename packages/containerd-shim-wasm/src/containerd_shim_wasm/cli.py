@@ -49,7 +49,11 @@ class ShimCli:
 
         def warm() -> None:
             # What the daemon and the zygote import, and the engine (no threads start).
-            from . import executor, instance  # noqa: F401 - the import is the point
+            import encodings.ascii  # noqa: F401 - the import is the point
+
+            from containerd_shimkit.container import cgroup_resources  # noqa: F401
+
+            from . import executor, instance  # noqa: F401
             from .module_cache import learn_cache_key
             from .node_cache import NodeCache
 

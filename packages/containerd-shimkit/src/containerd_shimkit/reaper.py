@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import logging
 import os
 import signal
@@ -27,7 +26,9 @@ UNCLAIMED_LIMIT = 1024
 
 def set_child_subreaper() -> None:
     """Make orphaned descendants re-parent to this process (``PR_SET_CHILD_SUBREAPER``)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    # CDLL(None): the C library already loaded. find_library("c") would run `ldconfig -p`
+    # in a subprocess (~10 ms on every daemon start).
+    libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER) failed: {os.strerror(err)}")

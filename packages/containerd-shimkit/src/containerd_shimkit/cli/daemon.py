@@ -46,7 +46,7 @@ def import_daemon_modules() -> None:
     import asyncio  # noqa: F401 - the import is the point
     import logging  # noqa: F401
 
-    from .. import logs, ttrpc  # noqa: F401
+    from .. import logs, proctitle, ttrpc  # noqa: F401
     from ..api import shim_pb2, shim_v3_pb2  # noqa: F401
     from ..reaper import set_child_subreaper  # noqa: F401
     from ..task import events, service  # noqa: F401
