@@ -96,7 +96,11 @@ class ModuleCache:
         else:
             layer = WasmLayer("application/wasm", digest, data)
             compiled = _compile_in_child(self.shim, layer, self.node_cache, key)
-            outcome = "compiled the module for this pod" if compiled else "not compiled"
+            outcome = (
+                "compiled the module for this pod"
+                if compiled
+                else "the module was not compiled: its containers compile it themselves"
+            )
         log.info(outcome, extra={"digest": digest, "ms": _ms_since(started)})
         artifact = WasmLayer("application/wasm", digest, compiled, True) if compiled else None
         self._remember(digest, artifact)
