@@ -55,6 +55,8 @@ def test_delete_action_imports_nothing_heavy(tmp_path: Path) -> None:
     """The whole ``delete`` action, as containerd runs it in a bundle with no state left."""
     code = (
         "from containerd_shim_wasmtime.__main__ import main\n"
+        "import containerd_shimkit.cli.main as cli_main\n"
+        "cli_main.exit_now = sys.exit  # come back here rather than os._exit\n"
         "sys.argv = ['shim', '-namespace', 'ns', '-id', 'c1', '-address', '/x', 'delete']\n"
         "try:\n"
         "    main()\n"

@@ -79,6 +79,19 @@ def info_bytes(spec: ShimSpec) -> bytes:
     return info.SerializeToString()
 
 
+def _exit_without_teardown(code: int) -> NoReturn:
+    """Flush stdio and exit without the interpreter's teardown (~2 ms of finalizing
+    modules), which start and delete, run twice per container, do not need: they hold
+    nothing that must be closed or flushed but stdio."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+#: How ``start`` and ``delete`` end; a test that runs them in-process replaces it.
+exit_now: Callable[[int], NoReturn] = _exit_without_teardown
+
+
 def run(spec: ShimSpec, argv: list[str] | None = None) -> NoReturn:
     """Parse the command line and run ``start``, ``delete``, ``-v``, ``-info`` or the daemon."""
     argv = sys.argv if argv is None else argv
@@ -98,11 +111,11 @@ def run(spec: ShimSpec, argv: list[str] | None = None) -> NoReturn:
     if flags.action == "start":
         from .start import main_start
 
-        sys.exit(main_start(flags, sys.stdin.buffer.read(), program, spec.warm is not None))
+        exit_now(main_start(flags, sys.stdin.buffer.read(), program, spec.warm is not None))
     if flags.action == "delete":
         from .delete import main_delete
 
-        sys.exit(main_delete(flags, spec.cleanup))
+        exit_now(main_delete(flags, spec.cleanup))
     if flags.action == "template":
         from .template import main_template
 
