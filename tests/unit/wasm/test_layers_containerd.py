@@ -3,6 +3,7 @@ serving an in-memory content store with containerd's Write/Update/lease semantic
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -336,6 +337,9 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         yield Env(fake, str(sock), compiler, shim)
     finally:
         await server.stop(None)
+        # Collect grpc's garbage now, in this process: a later test's forked child would
+        # otherwise collect it without grpc's threads and spin forever.
+        gc.collect()
 
 
 def hello_oci(env: Env, name: str = "img", container: str = "c1", data: bytes = MODULE) -> str:

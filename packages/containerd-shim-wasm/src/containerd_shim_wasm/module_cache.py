@@ -22,6 +22,7 @@ must stay single-threaded to fork containers safely. The template computes the k
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import os
@@ -149,6 +150,9 @@ def _in_child(work: Callable[[], bytes | None]) -> bytes:
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child; covered by the zygote tests
+            # No collection in this short-lived child: collecting objects of libraries whose
+            # threads did not survive the fork (grpc's, in a test process) can spin forever.
+            gc.disable()
             code = 1
             try:
                 result = work()
