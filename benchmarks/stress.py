@@ -84,6 +84,8 @@ from benchmarks.common import (
     write_json,
 )
 from containerd_shimkit.api import events_ttrpc_pb2, shim_pb2
+from containerd_shimkit.cli.wire import field_bytes as _field
+from containerd_shimkit.cli.wire import iter_fields
 from containerd_shimkit.ttrpc import Client, RequestContext, Server, Service
 from tests.fixtures.wasm.build import build_all
 from tests.support.containerd import (
@@ -329,54 +331,9 @@ _VARYING = re.compile(r'time="[^"]*"|pid=\d+|\\n')
 # containerd's api/services/{snapshots,tasks}/v1 (unchanged since 1.0).
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes | str) -> bytes:
-    """One length-delimited field (a string, bytes or an embedded message)."""
-    data = payload.encode() if isinstance(payload, str) else payload
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
-def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """``(field number, varint or bytes)`` for each field of a message (fixed ones skipped)."""
-    i = 0
-
-    def varint() -> int:
-        nonlocal i
-        shift = value = 0
-        while True:
-            byte = data[i]
-            i += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value
-
-    while i < len(data):
-        key = varint()
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            yield number, varint()
-        elif wire == 2:
-            size = varint()
-            yield number, data[i : i + size]
-            i += size
-        elif wire in (1, 5):
-            i += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
-
-
 def _int_field(data: bytes, number: int) -> int:
     """A varint field's value (proto3 leaves out zeros, so absent means 0)."""
-    return next((v for n, v in _fields(data) if n == number and isinstance(v, int)), 0)
+    return next((v for n, _, v in iter_fields(data) if n == number and isinstance(v, int)), 0)
 
 
 def _identity(data: bytes) -> bytes:
@@ -539,7 +496,7 @@ class ContainerdTasks:
         mounts = await self._call(MOUNTS, _field(1, self._snapshotter) + _field(2, cid))
         # MountsResponse.mounts (1) are CreateTaskRequest.rootfs (3): the same Mount bytes.
         rootfs = b"".join(
-            _field(3, v) for n, v in _fields(mounts) if n == 1 and isinstance(v, bytes)
+            _field(3, v) for n, _, v in iter_fields(mounts) if n == 1 and isinstance(v, bytes)
         )
         await self._call(CREATE, _field(1, cid) + rootfs)
         await self._call(START, _field(1, cid))

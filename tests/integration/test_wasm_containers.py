@@ -44,6 +44,8 @@ import pytest
 
 from containerd_shim_wasm import oci_tar_builder as otb
 from containerd_shimkit.api import types_pb2
+from containerd_shimkit.cli.wire import field_bytes as _field
+from containerd_shimkit.cli.wire import iter_fields
 from tests.fixtures.wasm.build import Fixtures, build_all
 from tests.support.containerd import (
     FIFO_DIR,
@@ -76,51 +78,6 @@ SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 # --------------------------------------------------------------------------- containerd gRPC
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes | str) -> bytes:
-    """One length-delimited protobuf field (strings, bytes and embedded messages)."""
-    data = payload.encode() if isinstance(payload, str) else payload
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
-def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """Decode a protobuf message into ``(field number, varint or bytes)`` pairs."""
-    i = 0
-
-    def varint() -> int:
-        nonlocal i
-        shift = value = 0
-        while True:
-            byte = data[i]
-            i += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value
-
-    while i < len(data):
-        key = varint()
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            yield number, varint()
-        elif wire == 2:
-            size = varint()
-            yield number, data[i : i + size]
-            i += size
-        elif wire in (1, 5):
-            i += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
-
-
 class ContainerdApi:
     """The handful of containerd gRPC calls ``ctr`` 1.6 does not offer on their own.
 
@@ -150,7 +107,7 @@ class ContainerdApi:
         )
         return [
             types_pb2.Mount.FromString(v)
-            for n, v in _fields(reply)
+            for n, _, v in iter_fields(reply)
             if n == 1 and isinstance(v, bytes)
         ]
 
@@ -160,12 +117,12 @@ class ContainerdApi:
         for mount in rootfs:
             request += _field(3, mount.SerializeToString())
         reply = self._call("/containerd.services.tasks.v1.Tasks/Create", request)
-        return next(int(v) for n, v in _fields(reply) if n == 2 and isinstance(v, int))
+        return next(int(v) for n, _, v in iter_fields(reply) if n == 2 and isinstance(v, int))
 
     def delete_task(self, container_id: str) -> int:
         """``Tasks.Delete``; the exit status containerd reports."""
         reply = self._call("/containerd.services.tasks.v1.Tasks/Delete", _field(1, container_id))
-        return next((int(v) for n, v in _fields(reply) if n == 3 and isinstance(v, int)), 0)
+        return next((int(v) for n, _, v in iter_fields(reply) if n == 3 and isinstance(v, int)), 0)
 
     def update_spec(self, container_id: str, spec: dict[str, Any]) -> None:
         """``Containers.Update`` of the spec only (field mask ``spec``)."""

@@ -193,8 +193,8 @@ class WasmInstance:
         ours.setblocking(False)
         self._channel = ours
         self._undo.push("close channel", ours.close)
-        layers = await self._wasm_layers()
-        module = None if layers else self._module_path()
+        module = self._module_path()
+        layers = await self._wasm_layers() if module is None else ()
         fds = self._stdio_fds()
         layer_fds = [layer_memfd(layer) for layer in layers]
         if module is not None:
@@ -234,7 +234,7 @@ class WasmInstance:
         self._undo.steps.clear()
 
     async def _wasm_layers(self) -> tuple[WasmLayer, ...]:
-        """The image's wasm layers, when the module is not a file in the rootfs.
+        """The image's wasm layers; called when the module is not a file in the rootfs.
 
         A module present in the rootfs (an image with the module as a file) is used as is, so
         such containers never pay for a gRPC round trip to containerd (nor for importing
@@ -242,8 +242,7 @@ class WasmInstance:
         the shim has a Compiler. Failures are logged and the container falls back to the
         rootfs, where Create then reports a missing module clearly.
         """
-        args = list((self.spec.get("process") or {}).get("args") or [])
-        if not args or self._module_path() is not None:
+        if not (self.spec.get("process") or {}).get("args"):
             return ()
         from .layers import LayerError, TooManyWasmLayers, load_wasm_layers
 

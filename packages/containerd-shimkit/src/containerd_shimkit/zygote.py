@@ -49,7 +49,8 @@ def channel_fd() -> int:
     return _channel_fd
 
 
-def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
+def recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One message and the descriptors attached to it (``SCM_RIGHTS``, at most MAX_FDS)."""
     fds = array.array("i")
     data, ancdata, _flags, _addr = sock.recvmsg(
         MAX_MESSAGE, socket.CMSG_LEN(MAX_FDS * fds.itemsize)
@@ -63,7 +64,7 @@ def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
 def _serve(sock: socket.socket, handler: Handler) -> None:
     while True:
         try:
-            data, fds = _recv(sock)
+            data, fds = recv_with_fds(sock)
         except OSError:
             return
         if not data:

@@ -235,20 +235,15 @@ def _serve(server: socket.socket, pidfd: int, spec: ShimSpec, loaded: dict[str, 
 
 
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    import array
-    import socket
+    from ..zygote import recv_with_fds
 
-    fds = array.array("i")
-    data, ancdata, _flags, _addr = conn.recvmsg(MAX_MESSAGE, socket.CMSG_LEN(4 * fds.itemsize))
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+    data, fds = recv_with_fds(conn)
     request = lightjson.loads(data)
     if not isinstance(request, dict) or not all(k in request for k in ("argv", "env", "cwd")):
         for fd in fds:
             os.close(fd)
         raise ValueError("malformed template request")
-    return request, list(fds)
+    return request, fds
 
 
 def _loaded_files() -> dict[str, int]:

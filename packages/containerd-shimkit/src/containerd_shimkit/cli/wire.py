@@ -37,8 +37,10 @@ def _field_varint(number: int, value: int) -> bytes:
     return _key(number, 0) + _varint(value) if value else b""
 
 
-def _field_bytes(number: int, value: bytes) -> bytes:
-    return _key(number, 2) + _varint(len(value)) + value
+def field_bytes(number: int, value: bytes | str) -> bytes:
+    """One length-delimited field: a string, bytes or an embedded message."""
+    data = value.encode() if isinstance(value, str) else value
+    return _key(number, 2) + _varint(len(data)) + data
 
 
 def encode_timestamp(seconds: int, nanos: int) -> bytes:
@@ -51,15 +53,15 @@ def encode_delete_response(pid: int, exit_status: int, now: float | None = None)
     now = time.time() if now is None else now
     seconds = int(now)
     ts = encode_timestamp(seconds, int((now - seconds) * 1e9))
-    return _field_varint(1, pid) + _field_varint(2, exit_status) + _field_bytes(3, ts)
+    return _field_varint(1, pid) + _field_varint(2, exit_status) + field_bytes(3, ts)
 
 
 def encode_bootstrap_result(address: str, version: int = 2, protocol: str = "ttrpc") -> bytes:
     """``containerd.runtime.bootstrap.v1.BootstrapResult{version, address, protocol}``."""
     return (
         _field_varint(1, version)
-        + _field_bytes(2, address.encode())
-        + _field_bytes(3, protocol.encode())
+        + field_bytes(2, address.encode())
+        + field_bytes(3, protocol.encode())
     )
 
 
