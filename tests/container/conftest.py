@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cgroup_helpers import MakeCgroup, cgroup_maker
 from ctrlib_harness import BUSYBOX, Harness
 
 from containerd_shimkit.container import _libc, mount_rootfs, unmount_rootfs
@@ -64,3 +65,9 @@ def harness(overlay: dict[str, Path]) -> Iterator[Harness]:
     finally:
         h.cleanup()
         _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 0)
+
+
+@pytest.fixture
+def make_cgroup() -> Iterator[MakeCgroup]:
+    """Makes real cgroups (root only) and removes them, with their processes, afterwards."""
+    yield from cgroup_maker()

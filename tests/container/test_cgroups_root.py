@@ -12,13 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from cgroup_helpers import MakeCgroup, wait_empty
 
 from containerd_shimkit.api import cgroups_v1_metrics_pb2 as v1pb
 from containerd_shimkit.api import cgroups_v2_metrics_pb2 as v2pb
@@ -39,61 +38,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates cgroups in /sys/fs/cgroup"),
     pytest.mark.skipif(not ROOT.is_dir(), reason="no cgroupfs at /sys/fs/cgroup"),
 ]
-
-MakeCgroup = Callable[..., Cgroup]
-
-
-def _wait_empty(cg: Cgroup, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if not cg.pids():
-                return
-        except CgroupNotFoundError:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"processes left in {cg}: {cg.pids()}")
-
-
-@pytest.fixture
-def make_cgroup() -> Iterator[MakeCgroup]:
-    created: list[tuple[Cgroup, list[Path]]] = []
-
-    def make(
-        resources: dict[str, Any] | None = None, *, path: str | None = None, name: str = ""
-    ) -> Cgroup:
-        name = name or f"cgtest-{uuid.uuid4().hex[:12]}"
-        cg = Cgroup.for_container(name if path is None else path, name, systemd=False)
-        # Parents this test creates (for nested absolute paths) are removed by the fixture too.
-        extra = [p.parent for p in cg.paths.values() if p.parent.name.startswith("cgtest-")]
-        created.append((cg, [p for p in extra if not p.exists()]))
-        cg.create(resources)
-        return cg
-
-    yield make
-
-    problems = []
-    for cg, parents in reversed(created):
-        try:
-            cg.kill_all(signal.SIGKILL)
-            _wait_empty(cg)
-        except CgroupNotFoundError:
-            pass
-        except (OSError, AssertionError) as exc:
-            problems.append(f"kill {cg}: {exc}")
-        try:
-            cg.delete()
-        except OSError as exc:
-            problems.append(f"delete {cg}: {exc}")
-        for parent in dict.fromkeys(parents):
-            try:
-                parent.rmdir()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                problems.append(f"rmdir {parent}: {exc}")
-        problems += [f"left behind: {p}" for p in cg.paths.values() if p.exists()]
-    assert not problems, problems
 
 
 @contextlib.contextmanager
@@ -221,7 +165,7 @@ time.sleep(30)
     with spawn(cg, code, ready=False) as child:
         assert first_line(child) == "2"  # the child itself + 2 forks = 3
         cg.kill_all(signal.SIGKILL)
-    _wait_empty(cg)
+    wait_empty(cg)
 
 
 def test_kill_all_kills_every_process(make_cgroup: MakeCgroup) -> None:
@@ -237,7 +181,7 @@ for p in procs:
         assert len(cg.pids()) == 4
         cg.kill_all(signal.SIGKILL)
         assert child.wait(timeout=10) == -signal.SIGKILL
-    _wait_empty(cg)
+    wait_empty(cg)
 
 
 def test_kill_all_sigterm_and_freeze_thaw(make_cgroup: MakeCgroup) -> None:
@@ -293,7 +237,7 @@ def test_delete_removes_every_dir_and_state_rebuilds(make_cgroup: MakeCgroup) ->
     with spawn(cg, READY_SLEEP) as child:
         cg.kill_all(signal.SIGKILL)
         child.wait(timeout=10)
-    _wait_empty(cg)
+    wait_empty(cg)
     # A separate process (shim delete) only has the saved state.
     again = Cgroup.from_state(json.loads(json.dumps(cg.to_state())))
     again.delete()

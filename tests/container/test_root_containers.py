@@ -10,9 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cgroup_helpers import MakeCgroup
 from ctrlib_harness import ContainerSetup, Harness, make_spec
 
-from containerd_shimkit.container import ContainerError, mount_rootfs, unmount_rootfs
+from containerd_shimkit.container import (
+    ContainerError,
+    exec_native,
+    mount_rootfs,
+    unmount_rootfs,
+)
+from containerd_shimkit.container.cgroups import Cgroup, parse_proc_cgroup
 
 pytestmark = [
     pytest.mark.root,
@@ -268,18 +275,88 @@ def test_user_namespace_is_refused(harness: Harness) -> None:
 
 
 class MarkerCgroup:
+    """Stands in for a cgroup: the pid the helper moves in is written to a file."""
+
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def join_self(self) -> None:
-        self.marker.write_text(str(os.getpid()))
+    def open_procs(self) -> list[int]:
+        return [os.open(self.marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)]
 
 
-def test_cgroup_is_joined_by_the_helper(harness: Harness, tmp_path: Path) -> None:
+class UnwritableCgroup:
+    """A cgroup whose membership file refuses the write (as a cpuset without cpus does)."""
+
+    def open_procs(self) -> list[int]:
+        return [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)]
+
+
+def _children() -> set[int]:
+    """Our child processes, zombies included (the test process is the subreaper)."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == os.getpid():
+                children.add(int(entry.name))
+    return children
+
+
+def test_the_helper_moves_the_init_into_the_cgroup(harness: Harness, tmp_path: Path) -> None:
     marker = tmp_path / "ctrlib-cgroup-joined"
-    result = harness.run(sh("true"), cgroup=MarkerCgroup(marker))
-    assert result.code == 0
-    assert int(marker.read_text()) not in (os.getpid(), 0)
+    container = harness.create(sh("true"), cgroup=MarkerCgroup(marker))
+    assert container.recv() == {"ready": True}
+    assert marker.read_text() == str(container.pid)
+    assert container.start() == {"started": True}
+    assert container.result().code == 0
+
+
+def test_a_failed_cgroup_join_fails_create_and_leaves_no_process(harness: Harness) -> None:
+    before = _children()
+    with pytest.raises(ContainerError, match="joining the cgroup"):
+        harness.create(sh("true"), cgroup=UnwritableCgroup())
+    assert _children() == before
+
+
+class ReportCgroup:
+    """Workload: ``prepare`` writes the init's /proc/self/cgroup to stdout; ``run`` execs."""
+
+    def prepare(self, setup: ContainerSetup) -> None:
+        with open("/proc/self/cgroup", "rb") as f:
+            os.write(1, f.read())
+
+    def run(self, setup: ContainerSetup) -> int:
+        exec_native(setup)
+
+
+def _own_paths(proc_cgroup: str, cg: Cgroup) -> set[str]:
+    own = parse_proc_cgroup(proc_cgroup)
+    return {own[key] for key in cg.paths}
+
+
+@pytest.mark.skipif(not Path("/sys/fs/cgroup").is_dir(), reason="no cgroupfs at /sys/fs/cgroup")
+def test_the_workload_prepares_inside_the_cgroup(harness: Harness, make_cgroup: MakeCgroup) -> None:
+    cg = make_cgroup()
+    name = next(iter(cg.paths.values())).name
+    result = harness.run(sh("true"), workload=ReportCgroup(), cgroup=cg)
+    assert result.code == 0, result
+    paths = _own_paths(result.stdout, cg)
+    assert paths and all(path.endswith(f"/{name}") for path in paths), result.stdout
+
+
+@pytest.mark.skipif(not Path("/sys/fs/cgroup").is_dir(), reason="no cgroupfs at /sys/fs/cgroup")
+def test_a_new_cgroup_namespace_is_rooted_at_the_container_cgroup(
+    harness: Harness, make_cgroup: MakeCgroup
+) -> None:
+    cg = make_cgroup()
+    spec = sh("cat /proc/self/cgroup")
+    spec["linux"]["namespaces"].append({"type": "cgroup"})
+    result = harness.run(spec, cgroup=cg)
+    assert result.code == 0, result
+    assert _own_paths(result.stdout, cg) == {"/"}, result.stdout
 
 
 def _mounts_under(directory: Path) -> list[str]:

@@ -210,6 +210,64 @@ def test_add_join_and_pids(hybrid_tree: FakeTree) -> None:
     assert sorted(cg.pids()) == [10, 11, 12]
 
 
+def _procs_holding(root: Path, pid: int) -> list[Path]:
+    return [p for p in root.rglob("cgroup.procs") if p.read_text().strip() == str(pid)]
+
+
+@pytest.mark.usefixtures("own_cgroup")
+def test_prime_attach_writes_our_pid_into_our_own_cgroup_once(hybrid_tree: FakeTree) -> None:
+    (hybrid_tree.root / "memory" / "process_api" / "abc").mkdir(parents=True)
+    (hybrid_tree.root / "memory" / "process_api" / "abc" / "cgroup.procs").write_text("")
+    assert cgroups.prime_attach(hybrid_tree.root) is True
+    [written] = _procs_holding(hybrid_tree.root, os.getpid())
+    hierarchy = written.relative_to(hybrid_tree.root).parts[0]
+    own = {"memory": "process_api/abc", "systemd": ""}.get(hierarchy, "")
+    assert written.parent == hybrid_tree.root / hierarchy / own
+
+
+@pytest.mark.usefixtures("own_cgroup")
+def test_prime_attach_on_v2_uses_our_cgroup2(v2_tree: FakeTree) -> None:
+    scope = v2_tree.root / "user.slice" / "session-1.scope"
+    scope.mkdir(parents=True)
+    (scope / "cgroup.procs").write_text("")
+    assert cgroups.prime_attach(v2_tree.root) is True
+    assert _procs_holding(v2_tree.root, os.getpid()) == [scope / "cgroup.procs"]
+
+
+@pytest.mark.usefixtures("own_cgroup")
+def test_prime_attach_failure_is_reported_not_raised(v2_tree: FakeTree) -> None:
+    # Our own cgroup2 directory is missing: the write fails, nothing else is touched.
+    assert cgroups.prime_attach(v2_tree.root) is False
+    assert _procs_holding(v2_tree.root, os.getpid()) == []
+
+
+def test_open_procs_opens_every_hierarchy_for_writing(hybrid_tree: FakeTree) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=hybrid_tree.root)
+    hybrid_tree.populate(cg)
+    fds = cg.open_procs()
+    try:
+        assert len(fds) == len(set(cg.paths.values()))
+        for fd in fds:
+            os.write(fd, b"4242")
+    finally:
+        for fd in fds:
+            os.close(fd)
+    for path in set(cg.paths.values()):
+        assert read(path / "cgroup.procs") == "4242"
+
+
+def test_open_procs_of_missing_cgroup_names_the_file_and_leaks_nothing(
+    hybrid_tree: FakeTree,
+) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=hybrid_tree.root)
+    hybrid_tree.populate(cg)
+    (cg.paths["pids"] / "cgroup.procs").unlink()
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(CgroupError, match=r"cannot open .*pids/c/cgroup.procs"):
+        cg.open_procs()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_pids_of_missing_cgroup(v2_tree: FakeTree) -> None:
     cg = Cgroup.for_container("/none", "none", systemd=False, root=v2_tree.root)
     with pytest.raises(CgroupNotFoundError, match="cgroup does not exist"):

@@ -36,7 +36,7 @@ from containerd_shimkit.container import (
     resolve_rootfs,
     unmount_rootfs,
 )
-from containerd_shimkit.container.cgroups import Cgroup, is_systemd_cgroups_path
+from containerd_shimkit.container.cgroups import Cgroup, is_systemd_cgroups_path, prime_attach
 
 from .context import WasmLayer, env_path
 from .shim import Shim
@@ -149,6 +149,9 @@ class WasmInstance:
         except OSError as exc:
             raise FailedPrecondition(f"cannot create the cgroup: {exc}") from exc
         cgroup = self.cgroup
+        # The init is moved into the cgroup a few ms from now: let the kernel's wait for
+        # that run meanwhile (see prime_attach). Fire and forget: it never raises.
+        asyncio.get_running_loop().run_in_executor(None, prime_attach)
         # Undone in reverse: kill what is in the cgroup first, then remove it.
         self._undo.push("delete cgroup", cgroup.delete)
         self._undo.push("kill cgroup", lambda: cgroup.kill_all(signal.SIGKILL))

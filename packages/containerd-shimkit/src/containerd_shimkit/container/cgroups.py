@@ -92,6 +92,7 @@ __all__ = [
     "detect_layout",
     "expand_slice",
     "is_systemd_cgroups_path",
+    "prime_attach",
     "systemd_path",
 ]
 
@@ -310,6 +311,40 @@ def parse_proc_cgroup(text: str) -> dict[str, str]:
 
 def _own_cgroups() -> dict[str, str]:
     return parse_proc_cgroup(_read_file(PROC_SELF_CGROUP))
+
+
+def prime_attach(root: Path = DEFAULT_ROOT) -> bool:
+    """Start the kernel's wait for the next move into a cgroup now, so the move is quick.
+
+    Every move into a cgroup (v1 or v2) takes the kernel's global
+    ``cgroup_threadgroup_rwsem`` for writing, and a writer first waits for an RCU grace
+    period unless another writer did so moments ago: 5–15 ms on a 2-CPU node, paid by
+    the first move after a quiet spell (by runc's too). Writing the calling process into the
+    cgroup it is already in takes the same lock and moves nothing, so a thread calling this
+    once a container's cgroup exists lets the grace period pass while the container init is
+    forked; its move then finds the lock's fast path.
+
+    The writer holds ``cgroup_mutex`` while it waits, so cgroup creation and removal
+    meanwhile wait too: call this after the container's cgroup is made, not before.
+
+    Best effort: returns whether a write was done; never raises. Between reading
+    ``/proc/self/cgroup`` and the write, something else could move this process, which the
+    write would then undo; shim daemons are not moved by anyone and the window is
+    microseconds.
+    """
+    try:
+        layout = detect_layout(root)
+        own = _own_cgroups()
+        hierarchies = [*layout.v1.items()]
+        if layout.unified is not None:
+            hierarchies.append((UNIFIED, layout.unified))
+        for key, mount in hierarchies:
+            if key in own:
+                _write_file(_join(mount, own[key]) / "cgroup.procs", str(os.getpid()))
+                return True
+    except OSError as exc:  # CgroupError included
+        log.debug("cgroups: cannot prime the attach lock: %s", exc)
+    return False
 
 
 # --- path computation --------------------------------------------------------------------------
@@ -589,6 +624,25 @@ class Cgroup:
         ``cgroup.procs``). Meant for a forked child before exec."""
         for path in self._dirs():
             _write_file(path / "cgroup.procs", "0")
+
+    def open_procs(self) -> list[int]:
+        """Open ``cgroup.procs`` in every hierarchy for writing (close-on-exec fds; the
+        caller closes them). Writing a pid to each moves that process in: the container
+        init's helper opens them before it enters the container's namespaces, where these
+        paths may not resolve."""
+        fds: list[int] = []
+        try:
+            for path in self._dirs():
+                procs = path / "cgroup.procs"
+                try:
+                    fds.append(os.open(procs, os.O_WRONLY | os.O_CLOEXEC))
+                except OSError as exc:
+                    raise _error(exc, f"cannot open {procs}") from exc
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
 
     def add(self, pid: int) -> None:
         """Move process ``pid`` (all its threads) into the cgroup in every hierarchy."""

@@ -8,7 +8,7 @@ the init must be forked afterwards.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from . import _libc
 from .spec import ContainerError, Namespace, step
@@ -62,12 +62,14 @@ def join_order(namespaces: Sequence[Namespace]) -> list[Namespace]:
     return sorted(joined, key=lambda ns: _JOIN_ORDER.index(ns.type))
 
 
-def enter(namespaces: Sequence[Namespace]) -> None:
+def enter(namespaces: Sequence[Namespace], *, defer: Collection[str] = ()) -> None:
     """Join every namespace that has a path, then unshare the others, in this process.
 
     All paths are opened before the first ``setns``, like runc's nsexec: once this process
     has joined another mount namespace, a path such as ``/run/netns/x`` may no longer
-    resolve.
+    resolve. New namespaces whose type is in ``defer`` are left for the caller to create
+    (the container init creates its cgroup namespace once it is in its cgroup: a new cgroup
+    namespace is rooted at its creator's cgroup).
     """
     check_supported(namespaces)
     opened: list[tuple[Namespace, int]] = []
@@ -81,8 +83,9 @@ def enter(namespaces: Sequence[Namespace]) -> None:
     finally:
         for _, fd in opened:
             os.close(fd)
-    flags = unshare_flags(namespaces)
+    created = [ns for ns in namespaces if not ns.path and ns.type not in defer]
+    flags = unshare_flags(created)
     if flags:
-        kinds = ",".join(ns.type for ns in namespaces if not ns.path)
+        kinds = ",".join(ns.type for ns in created)
         with step(f"creating namespaces ({kinds})"):
             _libc.unshare(flags)

@@ -13,7 +13,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -390,11 +390,20 @@ def mount_entry(rootfs: Path, m: Mount, *, bundle: Path) -> None:
     _apply_propagation(dest, parsed.propagation)
 
 
-def mount_all(rootfs: Path, mounts: Sequence[Mount], *, bundle: Path, host_network: bool) -> None:
+def mount_all(
+    rootfs: Path,
+    mounts: Sequence[Mount],
+    *,
+    bundle: Path,
+    host_network: bool,
+    before_cgroup: Callable[[], None] = lambda: None,
+) -> None:
     """Apply the spec's ``mounts`` under ``rootfs``, in order.
 
     ``cgroup`` mounts are mounted as cgroup2 on a pure cgroup v2 host and skipped
     otherwise (v1 and hybrid hosts would need runc's per-controller bind mounts).
+    ``before_cgroup`` is called before each cgroup mount: the container init must be in
+    its cgroup and cgroup namespace by then, since cgroupfs shows the mounter's view.
     """
     cgroup2 = host_cgroup2_unified()
     for m in mounts:
@@ -402,6 +411,7 @@ def mount_all(rootfs: Path, mounts: Sequence[Mount], *, bundle: Path, host_netwo
             if not cgroup2:
                 logger.debug("skipping cgroup mount on %s (cgroup v1 host)", m.destination)
                 continue
+            before_cgroup()
             m = Mount(m.destination, "cgroup2", "cgroup2", m.options)
         if m.type == "sysfs" and host_network:
             m = _host_sysfs_bind(m)
