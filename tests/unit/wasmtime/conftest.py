@@ -43,7 +43,18 @@ def sandbox(root: Path) -> ForkSafeSandbox:
     return sandbox
 
 
+@pytest.fixture(params=["run_wasi", "run_wasi_blocking"])
+def forked(request: pytest.FixtureRequest, tmp_path: Path, root: Path) -> Runner:
+    """``forked(sandbox, ctx, stdin=b"") -> Outcome`` (see run_forked), once through each of
+    the sandbox's two ways to run: the async ``run_wasi`` and ``run_wasi_blocking``."""
+    blocking = request.param == "run_wasi_blocking"
+    return lambda sandbox, ctx, **kw: run_forked(
+        sandbox, ctx, root, tmp_path / "io", blocking=blocking, **kw
+    )
+
+
 @pytest.fixture
-def forked(tmp_path: Path, root: Path) -> Runner:
-    """``forked(sandbox, ctx, stdin=b"", cancel_after=None) -> Outcome`` (see run_forked)."""
+def forked_async(tmp_path: Path, root: Path) -> Runner:
+    """``forked_async(sandbox, ctx, stdin=b"", cancel_after=None) -> Outcome``: through
+    ``run_wasi`` only (cancellation is its contract)."""
     return lambda sandbox, ctx, **kw: run_forked(sandbox, ctx, root, tmp_path / "io", **kw)

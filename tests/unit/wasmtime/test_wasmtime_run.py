@@ -155,18 +155,18 @@ def interruptible(root: Path) -> InterruptibleSandbox:
 
 
 def test_cancel_returns_at_once_without_epoch_interruption(
-    sandbox: ForkSafeSandbox, forked: Runner
+    sandbox: ForkSafeSandbox, forked_async: Runner
 ) -> None:
     """The shim's engine: no epoch checks in the code; the guest thread is abandoned (the
     container's process ends right after), so the grace is not waited for."""
     sandbox._cancel_grace = 10.0
-    out = forked(sandbox, ctx("spin.wat"), cancel_after=0.3)
+    out = forked_async(sandbox, ctx("spin.wat"), cancel_after=0.3)
     assert out.error == "CancelledError: "
     assert out.elapsed < 1.5, out.elapsed
 
 
-def test_cancel_stops_spinning_guest(root: Path, forked: Runner) -> None:
-    out = forked(interruptible(root), ctx("spin.wat"), cancel_after=0.3)
+def test_cancel_stops_spinning_guest(root: Path, forked_async: Runner) -> None:
+    out = forked_async(interruptible(root), ctx("spin.wat"), cancel_after=0.3)
     assert out.error == "CancelledError: "
     assert out.elapsed < 1.5, out.elapsed
 
@@ -182,12 +182,14 @@ async def test_cancel_in_process(root: Path) -> None:
     assert time.monotonic() - started < 1.0
 
 
-def test_cancel_guest_blocked_in_host_call(root: Path, forked: Runner, probe_wasm: bytes) -> None:
+def test_cancel_guest_blocked_in_host_call(
+    root: Path, forked_async: Runner, probe_wasm: bytes
+) -> None:
     # sleep() is a host call that no epoch interrupts: run_wasi gives up after the grace.
     (root / "probe.wasm").write_bytes(probe_wasm)
     sandbox = interruptible(root)
     sandbox._cancel_grace = 0.3
-    out = forked(sandbox, ctx("probe.wasm", "sleep"), cancel_after=0.5)
+    out = forked_async(sandbox, ctx("probe.wasm", "sleep"), cancel_after=0.5)
     assert out.error == "CancelledError: "
     assert 0.7 < out.elapsed < 2.5, out.elapsed
 

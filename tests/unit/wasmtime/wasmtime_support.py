@@ -59,10 +59,13 @@ def run_forked(
     stdin: bytes = b"",
     cancel_after: float | None = None,
     timeout: float = 30.0,
+    blocking: bool = False,
 ) -> Outcome:
     """Run ``sandbox.run_wasi(ctx)`` in a forked child with files from ``io`` on fds 0/1/2
     and ``root`` as its cwd, in a fresh event loop, cancelling it after ``cancel_after``
-    seconds when given."""
+    seconds when given; with ``blocking``, ``sandbox.run_wasi_blocking(ctx)`` instead (no
+    event loop, no cancellation: what the container init calls)."""
+    assert not (blocking and cancel_after is not None), "run_wasi_blocking is not cancellable"
     io.mkdir(exist_ok=True)
     (io / "stdin").write_bytes(stdin)
     report_r, report_w = os.pipe()
@@ -77,7 +80,7 @@ def run_forked(
             ):
                 os.dup2(os.open(io / name, flags, 0o644), fd)
             os.chdir(root)
-            report = _run_in_child(sandbox, ctx, cancel_after)
+            report = _run_in_child(sandbox, ctx, cancel_after, blocking)
             os.write(report_w, json.dumps(report).encode())
         finally:
             os._exit(0)
@@ -103,7 +106,7 @@ def run_forked(
 
 
 def _run_in_child(
-    sandbox: WasmtimeSandbox, ctx: RuntimeContext, cancel_after: float | None
+    sandbox: WasmtimeSandbox, ctx: RuntimeContext, cancel_after: float | None, blocking: bool
 ) -> dict[str, object]:
     async def main() -> int:
         task = asyncio.ensure_future(sandbox.run_wasi(ctx))
@@ -115,7 +118,7 @@ def _run_in_child(
     started = time.monotonic()
     report: dict[str, object]
     try:
-        report = {"code": asyncio.run(main())}
+        report = {"code": sandbox.run_wasi_blocking(ctx) if blocking else asyncio.run(main())}
     except BaseException as exc:  # CancelledError included
         report = {"error": f"{type(exc).__name__}: {exc}"}
     report["elapsed"] = time.monotonic() - started

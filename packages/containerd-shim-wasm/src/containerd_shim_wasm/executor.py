@@ -17,6 +17,8 @@ import ctypes
 import logging
 import os
 import signal
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +112,7 @@ class WasmWorkload:
         sandbox.limits = ResourceLimits(memory_bytes=self.memory_limit)
         self.sandbox = sandbox
         try:
-            asyncio.run(sandbox.can_handle(self.context))
+            sandbox.can_handle_blocking(self.context)
         except Exception as exc:
             raise ValueError(
                 f"cannot run {args[0] if args else '(no args)'!r}: {exc} "
@@ -121,9 +123,10 @@ class WasmWorkload:
         """After Start: exec the native binary, or run the wasm workload to its exit code."""
         if self.native:
             exec_native(setup)
-        assert self.sandbox is not None and self.context is not None
+        sandbox, context = self.sandbox, self.context
+        assert sandbox is not None and context is not None
         try:
-            return asyncio.run(_run_until_signal(self.sandbox, self.context))
+            return run_until_signal(lambda: sandbox.run_wasi_blocking(context))
         except Exception:
             log.exception("error running the wasm workload")
             return ERROR_EXIT_CODE
@@ -146,28 +149,51 @@ def verified(compiled: WasmLayer | None, args: list[str], env: list[str]) -> Was
     return compiled if digest_of(data) == compiled.digest else None
 
 
-async def _run_until_signal(sandbox: Sandbox, ctx: SpecContext) -> int:
-    """Run the guest; SIGTERM/SIGINT cancel it and the exit code becomes 128 + signal.
+class _Signalled(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+#: What stops a wasm container: 128 + the signal becomes its exit code.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+
+def run_until_signal(work: Callable[[], int]) -> int:
+    """Run ``work`` in a thread until it returns; SIGTERM or SIGINT return 128 + the signal.
 
     The init process is PID 1 of its namespace: without a handler the kernel would drop
-    these signals, which is why runwasi's wasm containers ignore SIGTERM.
+    these signals, which is why runwasi's wasm containers ignore SIGTERM. A guest blocked in
+    a host call (``sleep``, a read on stdin) cannot be interrupted, so on a signal the
+    thread is abandoned; it ends with the process. No event loop: waiting in
+    ``Thread.join`` on the main thread is interrupted by the signal's handler, and the
+    worker blocks the signals so that the kernel delivers them to the main thread.
     """
-    loop = asyncio.get_running_loop()
-    task = loop.create_task(sandbox.run_wasi(ctx))
-    received: list[int] = []
+    outcome: list[tuple[int, BaseException | None]] = []
 
-    def on_signal(signum: int) -> None:
-        received.append(signum)
-        task.cancel()
+    def target() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # inherited by engine threads
+        try:
+            outcome.append((work(), None))
+        except BaseException as exc:
+            outcome.append((ERROR_EXIT_CODE, exc))
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    def on_signal(signum: int, _frame: object) -> None:
+        if not outcome:  # once the workload has returned, its exit code stands
+            raise _Signalled(signum)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
+    thread = threading.Thread(target=target, name="wasm-guest", daemon=True)
     try:
-        return await task
-    except asyncio.CancelledError:
-        if received:
-            return 128 + received[0]
-        raise
+        thread.start()
+        thread.join()
+    except _Signalled as stopped:
+        return 128 + stopped.signum
+    code, error = outcome[0]
+    if error is not None:
+        raise error
+    return code
 
 
 def spawn(
@@ -226,11 +252,13 @@ def zygote_factory(shim: type[Shim], log_level: int) -> Handler:
     # fd 2 becomes each container's stderr; keep the shim log on a descriptor of its own.
     log_stream = os.fdopen(os.dup(2), "w", buffering=1)
     logs.setup(log_level, log_stream)
-    shim.sandbox().preload()
-    # Every init runs event loops; the first one in a process allocates lazily-created
-    # state. Doing that once here keeps ~0.5 MB per container shared (measured). Starts
-    # no thread.
-    asyncio.run(asyncio.sleep(0))
+    sandbox = shim.sandbox()
+    sandbox.preload()
+    if sandbox.run_wasi_blocking is Sandbox.run_wasi_blocking:
+        # This engine's inits run event loops (the default run_wasi_blocking), and the
+        # first loop in a process allocates lazily-created state. Doing that once here
+        # keeps ~0.5 MB per container shared (measured). Starts no thread.
+        asyncio.run(asyncio.sleep(0))
     modules = ModuleCache(shim, node_cache=NodeCache.from_env(shim.name()))
     # Objects that exist now are never collected: keep the collector from touching (and so
     # copying) their pages in every container forked from here.

@@ -59,6 +59,20 @@ class Sandbox(ABC):
         loop's thread (``asyncio.to_thread``).
         """
 
+    def run_wasi_blocking(self, ctx: RuntimeContext) -> int:
+        """Run the workload to its end on the calling thread; what the container init calls.
+
+        The init runs this in a thread of its own and answers SIGTERM and SIGINT itself
+        (the exit code becomes 128 + the signal; the thread ends with the process), so it
+        need not be cancellable. The default drives :meth:`run_wasi` with ``asyncio.run``.
+        An engine whose guest runs in one blocking call should override it: every container
+        is then spared an event loop, about 0.9 MiB of private memory each (measured with
+        wasmtime).
+        """
+        import asyncio
+
+        return asyncio.run(self.run_wasi(ctx))
+
     async def can_handle(self, ctx: RuntimeContext) -> None:
         """Check at Create time that the entrypoint is a module this sandbox can run.
 
@@ -69,26 +83,45 @@ class Sandbox(ABC):
         Raises:
             CannotHandle: naming the path it looked at and why it was refused.
         """
-        entrypoint = ctx.entrypoint()
-        source = entrypoint.source
-        if isinstance(source, OciSource):
-            source.read()  # raises for a number of layers other than one
+        check_entrypoint(ctx)
+
+    def can_handle_blocking(self, ctx: RuntimeContext) -> None:
+        """:meth:`can_handle` on the calling thread, for the container init (no event loop).
+
+        The default runs an overridden :meth:`can_handle` with ``asyncio.run``; an engine
+        that overrides ``can_handle`` should override this too, for the reason given in
+        :meth:`run_wasi_blocking`.
+        """
+        if type(self).can_handle is Sandbox.can_handle:
+            check_entrypoint(ctx)
             return
-        assert isinstance(source, FileSource)
-        try:
-            path = source.resolve(env_path(ctx.envs()))
-            with open(path, "rb") as f:
-                head = f.read(4)
-                if head == WASM_MAGIC:
-                    return
-                text = head + f.read()
-        except OSError as exc:
-            raise CannotHandle(f"{exc.strerror or exc}; args[0] must name a wasm module") from exc
-        problem = wat_problem(text)
-        if problem:
-            raise CannotHandle(
-                f"{path} is neither a wasm binary (no \\0asm magic) nor WAT text: {problem}"
-            )
+        import asyncio
+
+        asyncio.run(self.can_handle(ctx))
+
+
+def check_entrypoint(ctx: RuntimeContext) -> None:
+    """The engine-independent check behind :meth:`Sandbox.can_handle` (see there)."""
+    entrypoint = ctx.entrypoint()
+    source = entrypoint.source
+    if isinstance(source, OciSource):
+        source.read()  # raises for a number of layers other than one
+        return
+    assert isinstance(source, FileSource)
+    try:
+        path = source.resolve(env_path(ctx.envs()))
+        with open(path, "rb") as f:
+            head = f.read(4)
+            if head == WASM_MAGIC:
+                return
+            text = head + f.read()
+    except OSError as exc:
+        raise CannotHandle(f"{exc.strerror or exc}; args[0] must name a wasm module") from exc
+    problem = wat_problem(text)
+    if problem:
+        raise CannotHandle(
+            f"{path} is neither a wasm binary (no \\0asm magic) nor WAT text: {problem}"
+        )
 
 
 def wat_problem(data: bytes) -> str | None:

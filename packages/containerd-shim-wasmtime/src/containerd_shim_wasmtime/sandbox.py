@@ -128,6 +128,13 @@ class WasmtimeSandbox(Sandbox):
         grace = self._cancel_grace if interruptible else 0.0
         return await in_thread(lambda: self._run(engine, ctx, cancelled), stop, grace)
 
+    def run_wasi_blocking(self, ctx: RuntimeContext) -> int:
+        """:meth:`run_wasi` on the calling thread, with no event loop (what the container
+        init calls; see :meth:`Sandbox.run_wasi_blocking`)."""
+        import threading
+
+        return self._run(engine_for(self._engine_flags), ctx, threading.Event())
+
     async def can_handle(self, ctx: RuntimeContext) -> None:
         """Accept one OCI layer, or a file wasmtime validates as a core module, a component
         (preamble only) or WAT text.
@@ -136,19 +143,31 @@ class WasmtimeSandbox(Sandbox):
             CannotHandle: naming the path and why, e.g. ``/app/x.wasm is not a wasm
                 module: bad magic number b'MZ\\x90\\x00'`` or the WAT error's line:column.
         """
+        todo = self._to_check(ctx)
+        if todo is not None:
+            data, path = todo
+            _refuse(await in_thread(lambda: _check(data, path, self._engine_flags)))
+
+    def can_handle_blocking(self, ctx: RuntimeContext) -> None:
+        """:meth:`can_handle` on the calling thread (for the container init)."""
+        todo = self._to_check(ctx)
+        if todo is not None:
+            _refuse(_check(*todo, self._engine_flags))
+
+    @staticmethod
+    def _to_check(ctx: RuntimeContext) -> tuple[bytes, str] | None:
+        """The module and its path for :func:`_check`; None when there is nothing to check."""
         source = ctx.entrypoint().source
         if isinstance(source, FileSource) and source.compiled is not None:
-            return  # the zygote compiled exactly this file: it is a valid module
+            return None  # the zygote compiled exactly this file: it is a valid module
         try:
             if isinstance(source, OciSource):
                 source.read()  # exactly one layer; run_wasi reports what is wrong with it
-                return
+                return None
             data, path, _ = _read_source(ctx)
         except (OSError, ValueError) as exc:
             raise CannotHandle(f"{exc}; args[0] must be a path to a wasm module") from exc
-        problem = await in_thread(lambda: _check(data, path, self._engine_flags))
-        if problem is not None:
-            raise CannotHandle(problem)
+        return data, path
 
     def _run(self, engine: wasmtime.Engine, ctx: RuntimeContext, cancelled: threading.Event) -> int:
         import wasmtime
@@ -247,6 +266,11 @@ def _run_component(
         raise _Cancelled
     result = func(store)
     return 1 if run is not None and getattr(result, "tag", "ok") == "err" else 0
+
+
+def _refuse(problem: str | None) -> None:
+    if problem is not None:
+        raise CannotHandle(problem)
 
 
 def _check(data: bytes, path: str, flags: EngineFlags) -> str | None:
