@@ -8,6 +8,7 @@ per container, and their CPU time bounds how many containers a node starts per s
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ HEAVY = (
     "json",
     "socket",
     "hashlib",
+    "array",
 )
 
 REPORT = f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
@@ -65,3 +67,44 @@ def test_delete_action_imports_nothing_heavy(tmp_path: Path) -> None:
         "sys.stdout.write('\\n')\n"
     )
     assert heavy_after(code, cwd=tmp_path) == ""
+
+
+def test_handing_the_listener_to_the_template_imports_nothing_heavy(tmp_path: Path) -> None:
+    """``start``'s template path, to the template's answer (a stub here: this process)."""
+    import json
+    import socket
+    import threading
+
+    from containerd_shimkit.cli.template import template_name
+
+    program, address = "/nonexistent/shim", str(tmp_path / "containerd.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server.bind(template_name(program, address))
+    server.listen(1)
+    received: list[int] = []
+
+    def stub_template() -> None:
+        conn, _ = server.accept()
+        with conn:
+            _, fds, _, _ = socket.recv_fds(conn, 1 << 16, 4)
+            received.extend(fds)
+            conn.send(json.dumps({"pid": 4242}).encode())
+
+    thread = threading.Thread(target=stub_template, daemon=True)
+    thread.start()
+    code = (
+        "import _socket\n"
+        "from containerd_shimkit.cli.flags import Flags\n"
+        "from containerd_shimkit.cli.template import fork_from_template\n"
+        "listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)\n"
+        f"flags = Flags(namespace='ns', id='c1', address={address!r}, action='start')\n"
+        f"assert fork_from_template(flags, listener, {program!r}) == 4242\n"
+    )
+    try:
+        assert heavy_after(code) == ""
+    finally:
+        thread.join(5)
+        server.close()
+        for fd in received:
+            os.close(fd)
+    assert len(received) == 1  # the listener arrived as one descriptor
