@@ -41,7 +41,11 @@ if str(REPO) not in sys.path:  # imported as a plain module (e.g. by mypy or a R
     sys.path.insert(0, str(REPO))
 
 from tests.fixtures.wasm.build import build_all  # noqa: E402
-from tests.support.containerd import PrivateContainerd, is_shim_template  # noqa: E402
+from tests.support.containerd import (  # noqa: E402
+    PrivateContainerd,
+    is_shim_spare,
+    is_shim_template,
+)
 
 #: The shim's console script lives next to the venv's interpreter.
 VENV_BIN = Path(sys.executable).parent
@@ -385,7 +389,12 @@ def _is_action(argv: Sequence[str]) -> bool:
 
 def is_template(proc: Proc) -> bool:
     """Our shim's template: forks new pods' daemons (``containerd_shimkit.cli.template``)."""
-    return is_shim_template(proc.argv)
+    return is_shim_template(proc.argv) and not is_shim_spare(proc.argv)
+
+
+def is_spare(proc: Proc) -> bool:
+    """The template's spare daemon (or the spare's zygote), waiting for the next new pod."""
+    return is_shim_spare(proc.argv)
 
 
 def _shim_of(proc: Proc, binary: str) -> bool:
@@ -399,7 +408,11 @@ def shim_daemons(procs: Mapping[int, Proc], address: Path, binary: str) -> list[
     daemon; a daemon forked by the template has the template as its parent)."""
 
     def is_shim(p: Proc) -> bool:
-        return _shim_of(p, binary) and names_address(p.argv, address) and not is_template(p)
+        return (
+            _shim_of(p, binary)
+            and names_address(p.argv, address)
+            and not (is_template(p) or is_spare(p))
+        )
 
     return sorted(
         (

@@ -53,6 +53,7 @@ from benchmarks.common import (
     container_id_of,
     descendants_of,
     finish,
+    is_spare,
     is_template,
     machine_info,
     memory_of,
@@ -153,6 +154,21 @@ def templates(ctr: Ctr) -> list[Proc]:
     ]
 
 
+def spare_memory(ctr: Ctr, timeout: float = 10.0) -> Memory:
+    """The template's spare daemon and its zygote, summed (zero if none comes up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [
+            p
+            for p in processes().values()
+            if is_spare(p) and names_address(p.argv, ctr.ctd.address)
+        ]
+        if found:
+            return sum_memory(memory_of(p.pid) for p in found)
+        time.sleep(0.1)
+    return ZERO_MEMORY
+
+
 def ensure_template(ctr: Ctr, timeout: float = 30.0) -> Proc:
     """Run one wasm container so that a template starts (as on a node that already ran a
     pod), and wait for it: the measured daemons are then forked from it, as in production."""
@@ -233,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ctr, runtime, count, args.settle, args.samples
                     )
             template_kb = memory_of(template.pid) if template else None
+            spare_kb = spare_memory(ctr) if template else None
             state = bytecode_state(env)  # before the private pycache goes
         finally:
             ctr.remove_all()
@@ -307,6 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"template (one per node, forks each new pod's daemon; its pages are shared with "
             f"them): RSS {mib(template_kb.rss):.1f} MiB, PSS {mib(template_kb.pss):.1f} MiB"
         )
+    if spare_kb is not None:
+        print(
+            f"spare (one per node: a daemon and its zygote forked ahead of the next new pod): "
+            f"RSS {mib(spare_kb.rss):.1f} MiB, PSS {mib(spare_kb.pss):.1f} MiB, "
+            f"private {mib(spare_kb.private):.1f} MiB (what it adds to the node)"
+        )
     print(f"bytecode: {state}")
     if leftovers:
         print(f"LEFTOVERS: {leftovers}")
@@ -324,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "groups": {f"{r}x{c}": g.as_json() for (r, c), g in groups.items()},
                 "marginal_per_container": marginal,
                 "template_kb": asdict(template_kb) if template_kb else None,
+                "spare_kb": asdict(spare_kb) if spare_kb else None,
                 "targets_kb": TARGETS_KB,
                 "leftovers": leftovers,
             },

@@ -52,8 +52,10 @@ from tests.support.containerd import (
     SHIM_SOCKET_DIR,
     ContainerdBinaries,
     PrivateContainerd,
+    is_shim_spare,
     is_shim_template,
     mount_points,
+    read_cmdline,
     shim_socket_name,
 )
 
@@ -204,6 +206,13 @@ class Env:
                 pytest.fail(f"task {cid} is {current}, not {status}:\n{self.log(cid)}")
             time.sleep(0.05)
 
+    def kill_and_remove(self, cid: str) -> None:
+        """SIGKILL a detached container's task, wait for it, delete task and container."""
+        self.ctr("task", "kill", "--signal", "SIGKILL", cid)
+        self.wait_status(cid, "STOPPED")
+        self.ctr("task", "delete", cid)
+        self.ctr("containers", "delete", cid)
+
     def log(self, cid: str) -> str:
         """The shim's and the container's lines of containerd's log for ``cid``."""
         marks = (f"instance={cid}", f"pod={cid}", f"id={cid}")
@@ -353,10 +362,7 @@ def test_containers_of_a_pod_compile_the_module_once(env: Env) -> None:
         cid = env.new_id("other")
         assert env.run(MODULES, cid, "/exit42.wasm", opts=in_pod).returncode == 42
     finally:
-        env.ctr("task", "kill", "--signal", "SIGKILL", keeper)
-        env.wait_status(keeper, "STOPPED")
-        env.ctr("task", "delete", keeper)
-        env.ctr("containers", "delete", keeper)
+        env.kill_and_remove(keeper)
     # Compiled, or loaded from the node's cache where an earlier pod stored it.
     compiled = [
         ln
@@ -368,7 +374,9 @@ def test_containers_of_a_pod_compile_the_module_once(env: Env) -> None:
 
 def _templates(ctd: PrivateContainerd) -> list[int]:
     return [
-        pid for pid, argv in ctd.shim_processes(include_templates=True) if is_shim_template(argv)
+        pid
+        for pid, argv in ctd.shim_processes(include_templates=True)
+        if is_shim_template(argv) and not is_shim_spare(argv)
     ]
 
 
@@ -393,10 +401,58 @@ def test_new_pods_get_their_daemon_from_the_template(env: Env) -> None:
         assert len(daemons) == 1, env.ctd.shim_processes(include_templates=True)
         assert _templates(env.ctd) == [template]
     finally:
-        env.ctr("task", "kill", "--signal", "SIGKILL", cid)
-        env.wait_status(cid, "STOPPED")
-        env.ctr("task", "delete", cid)
-        env.ctr("containers", "delete", cid)
+        env.kill_and_remove(cid)
+
+
+def test_a_new_pod_gets_the_templates_spare_daemon(env: Env) -> None:
+    """The template keeps one daemon (with its zygote) forked ahead of need; a new pod's
+    start hands it over. It takes the pod's identity: its command line and its zygote's,
+    and the pod id on the zygote's log lines in containerd's log."""
+    spares = _first_pod_then_spares(env)
+    (template,) = _templates(env.ctd)
+    spare = next(pid for pid in spares if _parent_of(pid) == template)
+    cid = env.new_id("to-spare")
+    env.run_detached(HELLO, cid, "/demo.wasm", "daemon")
+    try:
+        env.wait_status(cid, "RUNNING")
+        argv = read_cmdline(spare)
+        assert argv[argv.index("-id") + 1] == cid, argv  # the spare is the pod's daemon now
+        # Its zygote, and the container's init (forked by the zygote, reaped by the daemon).
+        children = [pid for pid, _ in env.ctd.shim_processes() if _parent_of(pid) == spare]
+        assert len(children) == 2, children
+        assert all(read_cmdline(pid) == argv for pid in children)
+        from_zygote = [
+            ln for ln in env.ctd.log_text().splitlines() if "the module for this pod" in ln
+        ]
+        assert any(f"pod={cid}" in ln for ln in from_zygote), "\n".join(from_zygote)
+    finally:
+        env.kill_and_remove(cid)
+
+
+def test_a_dead_spare_is_replaced_and_new_pods_still_start(env: Env) -> None:
+    spares = _first_pod_then_spares(env)
+    for pid in spares:  # the spare and its zygote
+        os.kill(pid, signal.SIGKILL)
+    assert _run_ok(env, HELLO, env.new_id("after"), "/demo.wasm", "echo", "y") == "y\n"
+    deadline = time.monotonic() + 20
+    while not (replacements := _spares(env.ctd)) or set(replacements) & set(spares):
+        assert time.monotonic() < deadline, "the dead spare was not replaced"
+        time.sleep(0.05)
+
+
+def _first_pod_then_spares(env: Env) -> list[int]:
+    """Run a first pod (which spawns the template), then wait for the template's spare:
+    the pids of the spare daemon and its zygote."""
+    _run_ok(env, HELLO, env.new_id("first"), "/demo.wasm", "echo", "x")
+    deadline = time.monotonic() + 20
+    while not (spares := _spares(env.ctd)):
+        assert time.monotonic() < deadline, env.ctd.shim_processes(include_templates=True)
+        time.sleep(0.05)
+    return spares
+
+
+def _spares(ctd: PrivateContainerd) -> list[int]:
+    return [pid for pid, argv in ctd.shim_processes(include_templates=True) if is_shim_spare(argv)]
 
 
 def test_shim_template_off_execs_every_daemon(
@@ -757,10 +813,7 @@ def test_paused_task_is_reported_paused(env: Env) -> None:
         assert status == "PAUSED"
     finally:
         env.ctr("task", "resume", cid)
-        env.ctr("task", "kill", "--signal", "SIGKILL", cid)
-        env.wait_status(cid, "STOPPED")
-        env.ctr("task", "delete", cid)
-        env.ctr("containers", "delete", cid)
+        env.kill_and_remove(cid)
 
 
 # --------------------------------------------------------------------------- create/delete
@@ -858,10 +911,7 @@ def test_task_metrics_show_memory_and_cpu(env: Env) -> None:
         assert nonzero(("cpuacct.usage", "cpu.usage_usec")), result.stdout
         assert nonzero(("pids.current",)), result.stdout
     finally:
-        env.ctr("task", "kill", "--signal", "SIGKILL", cid)
-        env.wait_status(cid, "STOPPED")
-        env.ctr("task", "delete", cid)
-        env.ctr("containers", "delete", cid)
+        env.kill_and_remove(cid)
 
 
 # --------------------------------------------------------------------------- native

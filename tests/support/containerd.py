@@ -429,8 +429,16 @@ def read_cmdline(pid: int) -> list[str]:
 
 def is_shim_template(argv: Sequence[str]) -> bool:
     """Whether ``argv`` is a shim's template (``<shim> -address A … template <pid>``): the
-    pre-warmed process that forks new daemons (``containerd_shimkit.cli.template``)."""
+    pre-warmed process that forks new daemons (``containerd_shimkit.cli.template``), or its
+    spare daemon (and the spare's zygote) waiting to be handed a pod: they live as long as
+    the template."""
     return "template" in argv and "-id" not in argv
+
+
+def is_shim_spare(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` is a template's spare daemon (or its zygote) not yet handed a pod
+    (``<shim> -address A … template spare``)."""
+    return is_shim_template(argv) and "spare" in argv
 
 
 def process_parents() -> dict[int, int]:

@@ -76,3 +76,72 @@ async def test_dead_zygote_is_reported() -> None:
     with pytest.raises(ZygoteError):
         await zygote.request({"value": 1})
     zygote.close()
+
+
+def _logging_factory() -> Any:
+    """A zygote set up as the wasm one is: its log on a descriptor of its own (here
+    /dev/null, as in a spare daemon's zygote), and a handler that logs one line."""
+
+    def factory() -> Any:
+        import logging
+
+        from containerd_shimkit import logs
+
+        logs.setup(logging.WARNING, os.fdopen(os.open(os.devnull, os.O_WRONLY), "w", 1))
+
+        def handle(request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+            logging.getLogger("zygote-test").info("spawning %s", request["value"])
+            return {"ok": True}
+
+        return handle
+
+    return factory()
+
+
+async def test_identify_gives_the_zygote_its_log_level_and_pod() -> None:
+    zygote = Zygote.fork(_logging_factory)
+    read_end, write_end = os.pipe()
+    try:
+        argv = ["/usr/bin/containerd-shim-test-v1", "-namespace", "ns", "-id", "pod-1"]
+        await zygote.identify(argv, "pod-1", 20, write_end)  # 20: logging.INFO
+        await zygote.request({"value": "c1"})
+        os.close(write_end)
+        write_end = -1
+        zygote.close()
+        os.waitpid(zygote.pid, 0)
+        log = b""
+        while chunk := os.read(read_end, 65536):
+            log += chunk
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+    line = log.decode()  # the INFO line: the level was WARNING before
+    assert "spawning c1" in line and "pod=pod-1" in line, line
+
+
+async def test_identify_rewrites_the_zygote_command_line() -> None:
+    zygote = Zygote.fork(_logging_factory)
+    try:
+        # Short: the zygote rewrites its command line in place, within this test process's
+        # (which the zygote was forked from), however pytest was started.
+        argv = ["shim", "-id", "p2"]
+        with open(os.devnull, "w") as null:
+            await zygote.identify(argv, "pod-2", 20, null.fileno())
+        with open(f"/proc/{zygote.pid}/cmdline", "rb") as f:
+            shown = f.read().rstrip(b"\0 ").split(b"\0")
+        assert shown[: len(argv)] == [a.encode() for a in argv]
+    finally:
+        zygote.close()
+        os.waitpid(zygote.pid, 0)
+
+
+async def test_identify_without_a_log_descriptor_is_refused() -> None:
+    zygote = Zygote.fork(_logging_factory)
+    try:
+        with pytest.raises(ZygoteError, match="takes the log descriptor"):
+            await zygote.request({"op": "zygote.identify", "argv": [], "pod": "", "level": 20})
+        assert (await zygote.request({"value": "still serving"}))["ok"] is True
+    finally:
+        zygote.close()
+        os.waitpid(zygote.pid, 0)

@@ -47,6 +47,18 @@ class ShimCli:
             level = logging.getLogger().level
             WasmInstance.zygote = Zygote.fork(lambda: zygote_factory(shim, level))
 
+        async def identify_daemon(argv: list[str]) -> None:
+            # A spare daemon forked its zygote before it knew its pod: pass it on.
+            import logging
+
+            from containerd_shimkit import logs
+
+            from .instance import WasmInstance
+
+            if WasmInstance.zygote is not None:
+                level = logging.getLogger().level
+                await WasmInstance.zygote.identify(argv, logs.pod_id.get(), level, 2)
+
         def warm() -> None:
             # What the daemon and the zygote import, and the engine (no threads start).
             import encodings.ascii  # noqa: F401 - the import is the point
@@ -76,5 +88,6 @@ class ShimCli:
                 default_log_level=log_level,
                 setup_logging=setup_logging,
                 warm=warm,
+                identify_daemon=identify_daemon,
             )
         )

@@ -97,6 +97,21 @@ def setup(level: int, stream: TextIO | None = None) -> None:
     root.setLevel(level)
 
 
+def redirect(fd: int, level: int) -> None:
+    """Send this process's log (set up by :func:`setup`) to ``fd`` from now on, at ``level``.
+
+    For a process that was set up before it knew where its log goes: a spare daemon's
+    zygote (see :mod:`containerd_shimkit.cli.template`). The handlers keep their stream
+    object; the descriptor under it becomes a copy of ``fd``.
+    """
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if isinstance(handler, FifoHandler):
+            handler.flush()
+            os.dup2(fd, handler.stream.fileno())
+    root.setLevel(level)
+
+
 @contextmanager
 def container_context(instance: str) -> Iterator[None]:
     """Attribute every record logged inside the block to container ``instance``."""

@@ -61,6 +61,23 @@ def recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
     return data, list(fds)
 
 
+#: The zygote's own request: take the daemon's identity (see :meth:`Zygote.identify`).
+IDENTIFY_OP = "zygote.identify"
+
+
+def _identify(request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+    from . import logs
+    from .proctitle import set_cmdline
+
+    if len(fds) != 1:
+        raise ValueError(f"{IDENTIFY_OP} takes the log descriptor, got {len(fds)} fds")
+    os.dup2(fds[0], 2)
+    logs.redirect(fds[0], int(request["level"]))
+    logs.pod_id.set(str(request["pod"]))
+    set_cmdline([str(arg) for arg in request["argv"]])
+    return {}
+
+
 def _serve(sock: socket.socket, handler: Handler) -> None:
     while True:
         try:
@@ -70,7 +87,9 @@ def _serve(sock: socket.socket, handler: Handler) -> None:
         if not data:
             return
         try:
-            reply = handler(json.loads(data), fds)
+            request = json.loads(data)
+            serve = _identify if request.get("op") == IDENTIFY_OP else handler
+            reply = serve(request, fds)
         except Exception as exc:
             log.exception("zygote request failed")
             reply = {"error": str(exc) or type(exc).__name__}
@@ -162,6 +181,18 @@ class Zygote:
         if "error" in reply:
             raise ZygoteError(reply["error"])
         return reply
+
+    async def identify(self, argv: Sequence[str], pod: str, level: int, log_fd: int) -> None:
+        """Give the zygote the daemon's identity, learnt after the zygote was forked (a
+        spare daemon's, see :mod:`containerd_shimkit.cli.template`): its log (``log_fd``,
+        duplicated onto the zygote's stderr and log), log ``level``, ``pod`` id for log
+        records and command line.
+
+        Raises:
+            ZygoteError: the zygote died or refused.
+        """
+        request = {"op": IDENTIFY_OP, "argv": list(argv), "pod": pod, "level": level}
+        await self.request(request, [log_fd])
 
     def close(self) -> None:
         """Close the channel; the zygote exits when it reads EOF."""

@@ -14,10 +14,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import lightjson
 from .flags import Flags
 from .start import LISTENER_FD, group_of
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from .main import ShimSpec
 
 #: How long to wait for the Shutdown answer to reach containerd before closing.
@@ -54,33 +57,103 @@ def import_daemon_modules() -> None:
 
 def main_serve(flags: Flags, spec: ShimSpec) -> int:
     """Run the daemon until Shutdown (with no containers left) or SIGTERM."""
+    _take_identity(flags, spec)
+    _prepare(spec)
+    return _run(_serve(flags, spec))
+
+
+def main_spare(control: socket.socket, spec: ShimSpec) -> int:
+    """Run a spare daemon: prepared (zygote forked, event loop running) before it knows
+    its pod, it waits on ``control`` for the template's hand-over (one packet: the
+    template request's JSON with the listener attached, see
+    :mod:`containerd_shimkit.cli.template`), then becomes that daemon. Returns 0 at once
+    on EOF (the template is gone)."""
+    _prepare(spec)
+    return _run(_serve_when_handed_over(control, spec))
+
+
+def _take_identity(flags: Flags, spec: ShimSpec) -> None:
+    """The log FIFO of the bundle (the cwd) on fd 2, the log level and the pod id."""
     sys.modules.setdefault("ssl", None)  # type: ignore[arg-type] # see import_daemon_modules
     from .. import logs
-    from ..reaper import set_child_subreaper
 
     bundle = Path.cwd()
     open_log(bundle)
     if spec.setup_logging:
         logs.setup(logs.level_from(flags.debug, spec.default_log_level))
     logs.pod_id.set(group_of(str(bundle), flags.id))
-    set_child_subreaper()
-    import asyncio
-    import logging
 
+
+def _prepare(spec: ShimSpec) -> None:
+    """Become the subreaper, import, fork the zygote: all a daemon does before serving."""
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type] # see import_daemon_modules
+    from ..reaper import set_child_subreaper
+
+    set_child_subreaper()
     # Loaded before the zygote's fork below, so that daemon and zygote share them.
     import_daemon_modules()
-
     if spec.prepare_daemon is not None:
         # Fork the zygote now: after the heavy imports, so daemon and zygote share their
         # pages copy-on-write, and before the event loop, while there is one thread.
         spec.prepare_daemon()
 
+
+def _run(main: Coroutine[None, None, int]) -> int:
+    import asyncio
+    import logging
+
     try:
-        return asyncio.run(_serve(flags, spec))
+        return asyncio.run(main)
     except BaseException:
         # The only trace containerd keeps of a daemon that dies is its log FIFO.
         logging.getLogger("containerd_shimkit.daemon").exception("shim daemon failed")
         raise
+
+
+async def _serve_when_handed_over(control: socket.socket, spec: ShimSpec) -> int:
+    import asyncio
+
+    from ..proctitle import set_cmdline
+    from ..zygote import recv_with_fds
+    from .flags import parse
+
+    loop = asyncio.get_running_loop()
+    readable: asyncio.Future[None] = loop.create_future()
+
+    def on_readable() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(control.fileno(), on_readable)
+    try:
+        await readable
+    finally:
+        loop.remove_reader(control.fileno())
+    try:
+        data, fds = recv_with_fds(control)
+    except OSError:
+        return 0
+    finally:
+        control.close()
+    if not data or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        return 0  # the template went away (or sent nonsense): nobody is waiting for us
+    request = lightjson.loads(data)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    if fds[0] != LISTENER_FD:
+        os.dup2(fds[0], LISTENER_FD)
+        os.close(fds[0])
+    argv = [str(arg) for arg in request["argv"]]
+    set_cmdline(argv)
+    sys.argv = argv
+    flags = parse(argv[1:])
+    _take_identity(flags, spec)
+    if spec.identify_daemon is not None:
+        await spec.identify_daemon(argv)
+    return await _serve(flags, spec)
 
 
 def _listener(flags: Flags) -> socket.socket:

@@ -9,7 +9,7 @@ from .flags import UsageError, parse
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~6 ms)
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
     from typing import NoReturn
 
     from ..task.instance import Instance
@@ -33,6 +33,11 @@ class ShimSpec:
             module, the engine). Setting it turns on the template
             (:mod:`containerd_shimkit.cli.template`), which runs it once per containerd and
             then forks pre-warmed daemons for new pods.
+        identify_daemon: awaited in a daemon that was started before it knew its pod (the
+            template's spare), once it does and before it serves: pass the identity on to
+            the processes ``prepare_daemon`` forked (:meth:`Zygote.identify`). Gets the
+            daemon's command line; the log is on fd 2 and ``logs.pod_id`` is set. Without
+            it the template keeps no spare.
 
     A plain class, not a dataclass: ``dataclasses`` costs ~15 ms to import, and every
     ``start`` and ``delete`` builds one.
@@ -48,6 +53,7 @@ class ShimSpec:
         default_log_level: str = "info",
         setup_logging: bool = True,
         warm: Callable[[], None] | None = None,
+        identify_daemon: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -57,6 +63,7 @@ class ShimSpec:
         self.default_log_level = default_log_level
         self.setup_logging = setup_logging
         self.warm = warm
+        self.identify_daemon = identify_daemon
 
     def __repr__(self) -> str:
         return f"ShimSpec(name={self.name!r})"

@@ -19,6 +19,17 @@ Forked daemons are children of the template (which reaps them) instead of being 
 to init; their command line is rewritten to the daemon's (:mod:`containerd_shimkit.proctitle`).
 Set ``SHIM_TEMPLATE=off`` in containerd's environment to always exec daemons instead.
 
+The spare: when the shim can pass a late identity on to its zygote
+(``ShimSpec.identify_daemon``), the template keeps one daemon forked ahead of need
+(:func:`containerd_shimkit.cli.daemon.main_spare`: zygote forked, event loop running,
+command line ``… template spare``), :data:`SPARE_DELAY` after it starts and after each
+hand-over. A ``start`` then costs the template a ``sendmsg`` instead of a fork, and the pod's
+daemon skips its zygote's fork and its loop's start (~6 ms of every new pod's first
+container). The spare reads the request with the listener from its channel, takes the
+daemon's cwd, environment, log FIFO, pod id and command line, tells its zygote, and serves.
+It exits when the template does (EOF on the channel); a dead spare is replaced. The price is
+one idle daemon and zygote per containerd, sharing most pages with the template.
+
 The client half (:func:`fork_from_template`, :func:`spawn_template`) runs in ``start`` and
 imports only light modules; the server half imports the daemon's modules.
 """
@@ -36,6 +47,7 @@ from .start import sha256_hex
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Callable
     from typing import Any, NoReturn
 
     from .main import ShimSpec
@@ -44,6 +56,10 @@ if TYPE_CHECKING:
 ACTION = "template"
 #: Exit after this long without a request.
 IDLE_SECONDS = 3600.0
+#: How long after starting, and after handing its spare over, the template forks a spare.
+SPARE_DELAY = 0.1
+#: Where a spare keeps its end of the channel to the template (above the listener's fd 3).
+SPARE_CONTROL_FD = 4
 #: How long ``start`` waits for the template's answer (it forks in milliseconds).
 REQUEST_TIMEOUT = 10.0
 #: Spare argv room for the daemons' command lines (``-namespace N -id ID`` and ``-debug``;
@@ -197,41 +213,148 @@ def main_template(flags: Flags, spec: ShimSpec, program: str) -> int:
     # Only now: until the template is warm, connecting is refused and start execs a daemon
     # (instead of waiting here for the imports).
     server.listen(16)
-    return _serve(server, pidfd, spec, loaded)
+    spare_argv = [program, "-address", flags.address]
+    if flags.publish_binary:
+        spare_argv += ["-publish-binary", flags.publish_binary]
+    spare_argv += [ACTION, "spare"]  # until handed over (then the daemon's own)
+    return _Server(server, pidfd, spec, loaded, spare_argv).serve()
 
 
-def _serve(server: socket.socket, pidfd: int, spec: ShimSpec, loaded: dict[str, int]) -> int:
-    import contextlib
-    import select
+class _Spare:
+    """A daemon forked ahead of need (see :func:`daemon.main_spare`) and the template's end
+    of its channel. Handing it a request saves a new pod's daemon its fork, its zygote's
+    fork and its event loop's start (~6 ms of every new pod's first container)."""
 
-    poller = select.poll()
-    poller.register(server, select.POLLIN)
-    poller.register(pidfd, select.POLLIN)
-    while True:
-        events = dict(poller.poll(IDLE_SECONDS * 1000))
-        if not events or pidfd in events:
-            return 0  # idle, or containerd exited
-        conn, _ = server.accept()
-        with conn:
-            if _peer(conn)[1] != os.geteuid():
-                continue  # only our own user may have daemons forked
-            try:
-                request, fds = _receive(conn)
-            except (OSError, ValueError):
+    def __init__(self, pid: int, control: socket.socket) -> None:
+        self.pid = pid
+        self.control = control
+
+    def hand_over(self, request: dict[str, Any], listener: int) -> int | None:
+        """Send the spare ``start``'s request and listener; its pid, or None if it is gone."""
+        try:
+            self.control.sendmsg(
+                [lightjson.dumps(request).encode()],
+                [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, listener.to_bytes(4, sys.byteorder))],
+            )
+        except OSError:
+            return None
+        return self.pid
+
+
+class _Server:
+    """The template's loop: fork (or hand over) a daemon for each ``start``; keep a spare."""
+
+    def __init__(
+        self,
+        server: socket.socket,
+        pidfd: int,
+        spec: ShimSpec,
+        loaded: dict[str, int],
+        spare_argv: list[str],
+    ) -> None:
+        import select
+        import time
+
+        self.server = server
+        self.pidfd = pidfd
+        self.spec = spec
+        self.loaded = loaded
+        self.spare_argv = spare_argv
+        self.poller = select.poll()
+        self.poller.register(server, select.POLLIN)
+        self.poller.register(pidfd, select.POLLIN)
+        self.spare: _Spare | None = None
+        # Only shims that can pass a late identity on to their zygote get a spare.
+        keeps_spares = spec.identify_daemon is not None
+        self.spare_due = time.monotonic() + SPARE_DELAY if keeps_spares else None
+
+    def serve(self) -> int:
+        try:
+            return self._loop()
+        finally:
+            self._drop_spare()  # it reads EOF and exits
+
+    def _loop(self) -> int:
+        import time
+
+        idle_until = time.monotonic() + IDLE_SECONDS
+        while True:
+            now = time.monotonic()
+            wake = idle_until
+            if self.spare is None and self.spare_due is not None:
+                wake = min(wake, self.spare_due)
+            events = dict(self.poller.poll(max(0.0, wake - now) * 1000))
+            if self.pidfd in events:
+                return 0  # containerd exited
+            if self.spare is not None and self.spare.control.fileno() in events:
+                self._drop_spare()  # it died: make another one later
+            if self.server.fileno() not in events:
+                now = time.monotonic()
+                if now >= idle_until:
+                    return 0
+                if self.spare is None and self.spare_due is not None and now >= self.spare_due:
+                    self._fork_spare()
                 continue
-            if _changed(loaded):
-                conn.send(lightjson.dumps({"error": "the shim was upgraded"}).encode())
-                return 0
-            if len(fds) != 1:
-                for fd in fds:
-                    os.close(fd)
-                continue
+            idle_until = time.monotonic() + IDLE_SECONDS
+            conn, _ = self.server.accept()
+            with conn:
+                if not self._answer(conn):
+                    return 0
+
+    def _answer(self, conn: socket.socket) -> bool:
+        """Serve one ``start``; False when the template must exit (its code changed)."""
+        import contextlib
+
+        if _peer(conn)[1] != os.geteuid():
+            return True  # only our own user may have daemons forked
+        try:
+            request, fds = _receive(conn)
+        except (OSError, ValueError):
+            return True
+        if _changed(self.loaded):
+            conn.send(lightjson.dumps({"error": "the shim was upgraded"}).encode())
+            return False
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            return True
+        pid = self._from_spare(request, fds[0])
+        if pid is None:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - becomes a daemon, tested end to end
-                _become_daemon(request, fds[0], spec, (server, conn), pidfd)
-            os.close(fds[0])
-            with contextlib.suppress(OSError):  # start gave up: the daemon serves anyway
-                conn.send(lightjson.dumps({"pid": pid}).encode())
+                _become_daemon(request, fds[0], self.spec, (self.server, conn), self.pidfd)
+        os.close(fds[0])
+        with contextlib.suppress(OSError):  # start gave up: the daemon serves anyway
+            conn.send(lightjson.dumps({"pid": pid}).encode())
+        return True
+
+    def _from_spare(self, request: dict[str, Any], listener: int) -> int | None:
+        import time
+
+        if self.spare is None:
+            return None
+        pid = self.spare.hand_over(request, listener)
+        self._drop_spare()
+        self.spare_due = time.monotonic() + SPARE_DELAY
+        return pid
+
+    def _fork_spare(self) -> None:
+        import socket
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - becomes a spare daemon, tested end to end
+            os.close(ours.detach())  # or the spare would never see the template go
+            _become_spare(theirs, self.spec, (self.server,), self.pidfd, self.spare_argv)
+        theirs.close()
+        self.spare = _Spare(pid, ours)
+        self.poller.register(ours, 0)  # POLLHUP (always reported): the spare is gone
+
+    def _drop_spare(self) -> None:
+        if self.spare is not None:
+            self.poller.unregister(self.spare.control)
+            self.spare.control.close()
+            self.spare = None
 
 
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
@@ -272,16 +395,13 @@ def _changed(loaded: dict[str, int]) -> bool:
     return False
 
 
-def _become_daemon(
-    request: dict[str, Any],
-    listener: int,
-    spec: ShimSpec,
-    sockets: tuple[socket.socket, ...],
-    pidfd: int,
+def _in_child(
+    sockets: tuple[socket.socket, ...], pidfd: int, body: Callable[[int], int]
 ) -> NoReturn:
-    """In the forked child: take the daemon's cwd, environment and fds, then serve."""
+    """In a child the template forked: leave the template (its sockets, pidfd, SIGCHLD
+    disposition and session), put /dev/null on fds 0-2, run ``body(null fd)`` and exit with
+    its result."""
     import signal
-    import sys
 
     code = 1
     try:
@@ -290,26 +410,10 @@ def _become_daemon(
             os.close(sock.detach())  # detach: the objects must not close reused fds later
         os.close(pidfd)
         os.setsid()
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
-        from .start import LISTENER_FD
-
-        if listener != LISTENER_FD:
-            os.dup2(listener, LISTENER_FD)
-        os.closerange(LISTENER_FD + 1, 1 << 16)
-        argv = [str(arg) for arg in request["argv"]]
-        from ..proctitle import set_cmdline
-
-        set_cmdline(argv)
-        sys.argv = argv
-        from .daemon import main_serve
-        from .flags import parse
-
-        code = main_serve(parse(argv[1:]), spec)
+        code = body(null)
     except BaseException:  # nothing above us: the trace goes to the log FIFO, if open
         import traceback
 
@@ -318,3 +422,62 @@ def _become_daemon(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _become_spare(
+    control: socket.socket,
+    spec: ShimSpec,
+    sockets: tuple[socket.socket, ...],
+    pidfd: int,
+    argv: list[str],
+) -> NoReturn:
+    """In the forked child: detach from the template, then wait as a spare daemon."""
+
+    def spare(null: int) -> int:
+        import socket
+
+        from ..proctitle import set_cmdline
+        from .daemon import main_spare
+        from .start import LISTENER_FD
+
+        fd = control.detach()
+        if fd != SPARE_CONTROL_FD:
+            os.dup2(fd, SPARE_CONTROL_FD)
+        os.closerange(SPARE_CONTROL_FD + 1, 1 << 16)
+        # A placeholder where the listener goes at hand-over, so that no socket the spare
+        # makes meanwhile (its zygote's) lands on that descriptor.
+        os.dup2(null, LISTENER_FD)
+        set_cmdline(argv)
+        sys.argv = argv
+        return main_spare(socket.socket(fileno=SPARE_CONTROL_FD), spec)
+
+    _in_child(sockets, pidfd, spare)
+
+
+def _become_daemon(
+    request: dict[str, Any],
+    listener: int,
+    spec: ShimSpec,
+    sockets: tuple[socket.socket, ...],
+    pidfd: int,
+) -> NoReturn:
+    """In the forked child: take the daemon's cwd, environment and fds, then serve."""
+
+    def daemon(_null: int) -> int:
+        from ..proctitle import set_cmdline
+        from .daemon import main_serve
+        from .flags import parse
+        from .start import LISTENER_FD
+
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        if listener != LISTENER_FD:
+            os.dup2(listener, LISTENER_FD)
+        os.closerange(LISTENER_FD + 1, 1 << 16)
+        argv = [str(arg) for arg in request["argv"]]
+        set_cmdline(argv)
+        sys.argv = argv
+        return main_serve(parse(argv[1:]), spec)
+
+    _in_child(sockets, pidfd, daemon)
