@@ -440,6 +440,17 @@ def test_a_dead_spare_is_replaced_and_new_pods_still_start(env: Env) -> None:
         time.sleep(0.05)
 
 
+def test_a_spare_whose_zygote_died_still_serves_and_create_says_why(env: Env) -> None:
+    spares = _first_pod_then_spares(env)
+    (template,) = _templates(env.ctd)
+    spare = next(pid for pid in spares if _parent_of(pid) == template)
+    (zygote,) = [pid for pid in spares if _parent_of(pid) == spare]
+    os.kill(zygote, signal.SIGKILL)
+    result = env.run(HELLO, env.new_id("no-zygote"), "/demo.wasm", "echo", "x")
+    assert result.returncode != 0
+    assert "zygote" in result.stderr, result.stderr
+
+
 def _first_pod_then_spares(env: Env) -> list[int]:
     """Run a first pod (which spawns the template), then wait for the template's spare:
     the pids of the spare daemon and its zygote."""

@@ -152,7 +152,15 @@ async def _serve_when_handed_over(control: socket.socket, spec: ShimSpec) -> int
     flags = parse(argv[1:])
     _take_identity(flags, spec)
     if spec.identify_daemon is not None:
-        await spec.identify_daemon(argv)
+        try:
+            await spec.identify_daemon(argv)
+        except Exception:
+            # Serve anyway: containerd was told this daemon is up. What the hook could not
+            # reach (a dead zygote) fails the pod's Creates with its own error.
+            import logging
+
+            log = logging.getLogger("containerd_shimkit.daemon")
+            log.exception("cannot pass the pod's identity to the spare's helper processes")
     return await _serve(flags, spec)
 
 
