@@ -344,6 +344,26 @@ def test_kill_all_signals_every_listed_process(
     assert states == ["FROZEN", "THAWED"]  # frozen while signalling, thawed after
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_kill_all_on_an_empty_cgroup_neither_freezes_nor_thaws(
+    hybrid_tree: FakeTree, signum: int
+) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=hybrid_tree.root)
+    hybrid_tree.populate(cg)
+    written: list[str] = []
+    real = cgroups._write_file
+
+    def spy(path: Path, value: str) -> None:
+        written.append(path.name)
+        real(path, value)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cgroups, "_write_file", spy)
+        cg.kill_all(signum)
+    # SIGKILL still goes through the hybrid host's cgroup.kill (cheap and atomic).
+    assert written == (["cgroup.kill"] if signum == signal.SIGKILL else [])
+
+
 def test_kill_all_v2_sigkill_uses_cgroup_kill(
     v2_tree: FakeTree, sleeper: subprocess.Popen[bytes]
 ) -> None:
