@@ -30,6 +30,21 @@ def read(path: Path) -> str:
     return path.read_text().strip()
 
 
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Every write through the cgroup module from now on, as (file name, value), in order;
+    the writes still happen."""
+    recorded: list[tuple[str, str]] = []
+    real = cgroups._write_file
+
+    def spy(path: Path, value: str) -> None:
+        recorded.append((path.name, value))
+        real(path, value)
+
+    monkeypatch.setattr(cgroups, "_write_file", spy)
+    return recorded
+
+
 # --- create / update ---------------------------------------------------------------------------
 
 
@@ -71,22 +86,15 @@ def test_v1_blkio_weight_falls_back_to_bfq(v1_tree: FakeTree) -> None:
     assert read(cg.paths["blkio"] / "blkio.bfq.weight") == "700"
 
 
-def test_v1_update_orders_swap_by_current_limit(v1_tree: FakeTree) -> None:
+def test_v1_update_orders_swap_by_current_limit(
+    v1_tree: FakeTree, writes: list[tuple[str, str]]
+) -> None:
     cg = Cgroup.for_container("/c", "c", systemd=False, root=v1_tree.root)
     v1_tree.populate(cg)
     mem = cg.paths["memory"]
     (mem / "memory.limit_in_bytes").write_text(str(64 * MiB))
-    order: list[str] = []
-    real = cgroups._write_file
-
-    def spy(path: Path, value: str) -> None:
-        order.append(path.name)
-        real(path, value)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cgroups, "_write_file", spy)
-        cg.update({"memory": {"limit": 128 * MiB, "swap": 256 * MiB}})
-    assert order == ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"]
+    cg.update({"memory": {"limit": 128 * MiB, "swap": 256 * MiB}})
+    assert [name for name, _ in writes] == ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"]
 
 
 def test_v1_missing_controller_file_names_file_and_value(v1_tree: FakeTree) -> None:
@@ -323,45 +331,27 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
 
 
 def test_kill_all_signals_every_listed_process(
-    v1_tree: FakeTree, sleeper: subprocess.Popen[bytes]
+    v1_tree: FakeTree, sleeper: subprocess.Popen[bytes], writes: list[tuple[str, str]]
 ) -> None:
     cg = Cgroup.for_container("/c", "c", systemd=False, root=v1_tree.root)
     v1_tree.populate(cg)
     # A pid that no longer exists is skipped silently.
     (cg.paths["pids"] / "cgroup.procs").write_text(f"{sleeper.pid}\n999999999\n")
-    states: list[str] = []
-    real = cgroups._write_file
-
-    def spy(path: Path, value: str) -> None:
-        if path.name == "freezer.state":
-            states.append(value)
-        real(path, value)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cgroups, "_write_file", spy)
-        cg.kill_all(signal.SIGTERM)
+    cg.kill_all(signal.SIGTERM)
     assert sleeper.wait(timeout=10) == -signal.SIGTERM
+    states = [value for name, value in writes if name == "freezer.state"]
     assert states == ["FROZEN", "THAWED"]  # frozen while signalling, thawed after
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
 def test_kill_all_on_an_empty_cgroup_neither_freezes_nor_thaws(
-    hybrid_tree: FakeTree, signum: int
+    hybrid_tree: FakeTree, signum: int, writes: list[tuple[str, str]]
 ) -> None:
     cg = Cgroup.for_container("/c", "c", systemd=False, root=hybrid_tree.root)
     hybrid_tree.populate(cg)
-    written: list[str] = []
-    real = cgroups._write_file
-
-    def spy(path: Path, value: str) -> None:
-        written.append(path.name)
-        real(path, value)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cgroups, "_write_file", spy)
-        cg.kill_all(signum)
+    cg.kill_all(signum)
     # SIGKILL still goes through the hybrid host's cgroup.kill (cheap and atomic).
-    assert written == (["cgroup.kill"] if signum == signal.SIGKILL else [])
+    assert writes == ([("cgroup.kill", "1")] if signum == signal.SIGKILL else [])
 
 
 def test_kill_all_v2_sigkill_uses_cgroup_kill(
