@@ -33,6 +33,7 @@ from containerd_shimkit.container.cgroups import Cgroup
 from containerd_shimkit.zygote import Handler
 
 from .context import FileSource, SpecContext, WasmLayer, env_path
+from .fdio import read_whole
 from .module_cache import ModuleCache, digest_of
 from .node_cache import NodeCache
 from .sandbox import ResourceLimits, Sandbox
@@ -182,10 +183,10 @@ def run_until_signal(work: Callable[[], int]) -> int:
         if not outcome:  # once the workload has returned, its exit code stands
             raise _Signalled(signum)
 
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, on_signal)
     thread = threading.Thread(target=target, name="wasm-guest", daemon=True)
     try:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, on_signal)
         thread.start()
         thread.join()
     except _Signalled as stopped:
@@ -212,7 +213,7 @@ def spawn(
 
     # Read in the zygote, before the fork: the init shares the bytes copy-on-write.
     layers = tuple(
-        WasmLayer(info["media_type"], info["digest"], read_memfd(fd), bool(info["precompiled"]))
+        WasmLayer(info["media_type"], info["digest"], read_whole(fd), bool(info["precompiled"]))
         for info, fd in zip(layer_info, fds[4 : 4 + len(layer_info)], strict=True)
     )
     bundle = Path(request["bundle"])
@@ -236,15 +237,6 @@ def spawn(
     workload = WasmWorkload(shim, request.get("memory_limit"), layers, compiled)
     pid = spawn_init(setup, workload, fds[3], close_fds=(zygote.channel_fd(),))
     return {"pid": pid}
-
-
-def read_memfd(fd: int) -> bytes:
-    """The whole content of an anonymous file received from the daemon."""
-    size = os.fstat(fd).st_size
-    data = os.pread(fd, size, 0)
-    if len(data) != size:
-        raise ValueError(f"short read of a wasm layer: {len(data)} of {size} bytes")
-    return data
 
 
 def zygote_factory(shim: type[Shim], log_level: int) -> Handler:

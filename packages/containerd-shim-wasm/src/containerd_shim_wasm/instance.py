@@ -39,6 +39,7 @@ from containerd_shimkit.container import (
 from containerd_shimkit.container.cgroups import Cgroup, is_systemd_cgroups_path, prime_attach
 
 from .context import WasmLayer, env_path
+from .fdio import write_all
 from .shim import Shim
 from .state import remove_state, write_state
 from .stdio import StdinRelay, open_output
@@ -414,9 +415,7 @@ def layer_memfd(layer: WasmLayer) -> int:
     through the socket.
     """
     fd = os.memfd_create(f"wasm-layer-{layer.digest[-12:]}", os.MFD_CLOEXEC)
-    view = memoryview(layer.data)
-    while view:
-        view = view[os.write(fd, view) :]
+    write_all(fd, layer.data)
     return fd
 
 

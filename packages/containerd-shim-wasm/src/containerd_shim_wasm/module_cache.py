@@ -32,6 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from .context import WasmLayer
+from .fdio import read_whole, write_all
 from .node_cache import NodeCache
 from .shim import Shim
 
@@ -42,9 +43,6 @@ _WASM_MAGIC = b"\0asm"
 MAX_MODULE_BYTES = 256 << 20
 #: Artifacts kept per zygote, least recently used dropped first.
 MAX_CACHE_BYTES = 256 << 20
-#: Exit statuses of the compile child: compiled, declined by the compiler.
-_COMPILED, _DECLINED = 0, 3
-
 #: shim name → its Compiler's cache key ("" when it has no Compiler), once known in this
 #: process (or in the template it was forked from).
 _cache_keys: dict[str, str] = {}
@@ -79,11 +77,13 @@ class ModuleCache:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MODULE_BYTES:
                 return None
-            data = _read_all(fd, info.st_size)
+            # Most files are native executables (the pause container, sidecars): look at
+            # the magic number before reading the whole file.
+            if os.pread(fd, len(_WASM_MAGIC), 0) != _WASM_MAGIC:
+                return None
+            data = read_whole(fd, info.st_size)
         except (OSError, ValueError) as exc:
             log.warning("cannot read the module file", extra={"error": str(exc)})
-            return None
-        if not data.startswith(_WASM_MAGIC):
             return None
         digest = digest_of(data)
         if digest in self._entries:
@@ -91,12 +91,13 @@ class ModuleCache:
             return self._entries[digest]
         started = time.monotonic()
         key = learn_cache_key(self.shim) if self.node_cache else ""
-        compiled = self.node_cache.load(key, digest) if self.node_cache and key else None
-        if compiled is not None:
+        node_cache = self.node_cache if key else None  # no Compiler, no cache key
+        compiled = node_cache.load(key, digest) if node_cache else None
+        if compiled:
             outcome = "loaded the module for this pod from the node cache"
         else:
             layer = WasmLayer("application/wasm", digest, data)
-            compiled = _compile_in_child(self.shim, layer, self.node_cache, key)
+            compiled = _compile_in_child(self.shim, layer, node_cache, key)
             outcome = (
                 "compiled the module for this pod"
                 if compiled
@@ -137,13 +138,6 @@ def _ms_since(started: float) -> int:
     return round((time.monotonic() - started) * 1000)
 
 
-def _read_all(fd: int, size: int) -> bytes:
-    data = os.pread(fd, size, 0)
-    if len(data) != size:
-        raise ValueError(f"short read of a module: {len(data)} of {size} bytes")
-    return data
-
-
 def _in_child(work: Callable[[], bytes | None]) -> bytes:
     """Run ``work`` in a forked child; its bytes (b"" when it returned None or failed)."""
     out = os.memfd_create("module-cache", os.MFD_CLOEXEC)
@@ -155,19 +149,16 @@ def _in_child(work: Callable[[], bytes | None]) -> bytes:
             gc.disable()
             code = 1
             try:
-                result = work()
-                view = memoryview(result or b"")
-                while view:
-                    view = view[os.write(out, view) :]
-                code = _COMPILED if result is not None else _DECLINED
+                write_all(out, work() or b"")
+                code = 0
             except BaseException:
                 log.exception("the module cache's child failed")
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != _COMPILED:
+        if os.waitstatus_to_exitcode(status) != 0:
             return b""
-        return _read_all(out, os.fstat(out).st_size)
+        return read_whole(out)
     finally:
         os.close(out)
 
@@ -176,7 +167,7 @@ def _compile_in_child(
     shim: type[Shim], layer: WasmLayer, node_cache: NodeCache | None, key: str
 ) -> bytes | None:
     """Run the shim's Compiler on ``layer`` in a child process, which also stores the
-    artifact in the node cache; the artifact, or ``None``."""
+    artifact in ``node_cache`` under ``key``; the artifact, or ``None``."""
 
     def compile_one() -> bytes | None:
         async def get() -> bytes | None:
@@ -184,7 +175,7 @@ def _compile_in_child(
             return None if compiler is None else (await compiler.compile([layer]))[0]
 
         artifact = asyncio.run(get())
-        if artifact is not None and node_cache is not None and key:
+        if artifact is not None and node_cache is not None:
             node_cache.store(key, layer.digest, artifact)
         return artifact
 
