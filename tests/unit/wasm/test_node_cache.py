@@ -50,6 +50,59 @@ def test_a_symlinked_entry_is_not_followed(tmp_path: Path) -> None:
     assert cache.load(KEY, DIGEST) is None
 
 
+def _key_dir(root: Path) -> Path:
+    (key_dir,) = [p for p in root.rglob("*") if p.is_dir()]
+    return key_dir
+
+
+def test_a_key_directory_others_can_write_is_not_used(tmp_path: Path) -> None:
+    cache = NodeCache(str(tmp_path))
+    cache.store(KEY, DIGEST, b"ARTIFACT")
+    _key_dir(tmp_path).chmod(0o777)
+    assert cache.load(KEY, DIGEST) is None
+    cache.store(KEY, "sha256:" + "cd" * 32, b"OTHER")  # nor written to
+    assert len([p for p in tmp_path.rglob("*") if p.is_file()]) == 1
+
+
+def test_a_symlinked_key_directory_is_not_followed(tmp_path: Path) -> None:
+    cache = NodeCache(str(tmp_path / "cache"))
+    cache.store(KEY, DIGEST, b"ARTIFACT")
+    key_dir = _key_dir(tmp_path / "cache")
+    key_dir.rename(tmp_path / "moved")
+    key_dir.symlink_to(tmp_path / "moved")
+    assert cache.load(KEY, DIGEST) is None
+
+
+def test_an_empty_entry_is_a_miss(tmp_path: Path) -> None:
+    cache = NodeCache(str(tmp_path))
+    cache.store(KEY, DIGEST, b"ARTIFACT")
+    (entry,) = [p for p in tmp_path.rglob("*") if p.is_file()]
+    entry.write_bytes(b"")  # what a crash between create and write leaves
+    assert cache.load(KEY, DIGEST) is None
+
+
+def test_a_load_from_a_cache_it_cannot_touch_still_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = NodeCache(str(tmp_path))
+    cache.store(KEY, DIGEST, b"ARTIFACT")
+
+    def read_only(*_: object, **__: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(os, "utime", read_only)
+    assert cache.load(KEY, DIGEST) == b"ARTIFACT"
+
+
+def test_eviction_leaves_files_being_written_alone(tmp_path: Path) -> None:
+    cache = NodeCache(str(tmp_path), max_bytes=5)
+    cache.store(KEY, DIGEST, b"x")
+    partial = _key_dir(tmp_path) / "sha256_other.1234.tmp"
+    partial.write_bytes(b"y" * 100)  # another process's artifact, half written
+    cache.store(KEY, "sha256:" + "cd" * 32, b"z")
+    assert partial.exists()
+
+
 def test_oldest_entries_go_past_the_size_limit(tmp_path: Path) -> None:
     cache = NodeCache(str(tmp_path), max_bytes=20)
     digests = [f"sha256:{n:064x}" for n in range(3)]

@@ -9,8 +9,10 @@ content store.
 Layout: ``<root>/<shim name>/<compiler cache key>/<sha256 of the module>``. A new engine
 (or different CPU features) gives a new cache key, so stale artifacts are never loaded; they
 age out when the cache grows past :data:`MAX_BYTES` (oldest first). Artifacts are native
-code: the directories are created ``0700`` and a file is only loaded when it belongs to
-this user and nobody else can write it.
+code: a key directory is created ``0700``, and a key directory or an artifact is only used
+when it belongs to this user and nobody else can write it (checked on the open descriptors,
+so a swapped path cannot slip in between). Writes are synced before they are renamed into
+place, and an empty file is never loaded.
 
 ``SHIM_COMPILE_CACHE`` in containerd's environment moves it (a directory) or turns it off
 (``off``). Used only in the zygote's compile child, never in a container.
@@ -18,10 +20,14 @@ this user and nobody else can write it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import stat
+from collections.abc import Callable
+
+from .fdio import read_whole, write_all
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,9 @@ ENV = "SHIM_COMPILE_CACHE"
 #: Past this many bytes the oldest artifacts are removed.
 MAX_BYTES = 1 << 30
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+#: Ends the names of artifacts being written (never loaded, never evicted).
+_TMP_SUFFIX = ".tmp"
 
 
 class NodeCache:
@@ -48,58 +57,89 @@ class NodeCache:
             return None
         return cls(os.path.join(root, _component(shim_name)))
 
-    def _path(self, cache_key: str, digest: str) -> str:
-        return os.path.join(self.directory, _component(cache_key), _component(digest))
-
     def load(self, cache_key: str, digest: str) -> bytes | None:
         """The artifact stored for ``digest`` under ``cache_key``, if there is a safe one."""
-        path = self._path(cache_key, digest)
+        dir_fd = self._open_key_dir(cache_key)
+        if dir_fd < 0:
+            return None
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(_component(digest), _OPEN_FLAGS, dir_fd=dir_fd)
         except OSError:
+            os.close(dir_fd)
             return None
         try:
             info = os.fstat(fd)
-            if (
-                not stat.S_ISREG(info.st_mode)
-                or info.st_uid != os.geteuid()
-                or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-            ):
-                log.warning("ignoring an unsafe compile cache entry", extra={"path": path})
+            if not _private(info, stat.S_ISREG):
+                log.warning("ignoring an unsafe compile cache entry", extra={"digest": digest})
                 return None
-            data = os.pread(fd, info.st_size, 0)
+            if info.st_size == 0:  # cut short by a crash: compile again
+                return None
+            data = read_whole(fd, info.st_size)
+            with contextlib.suppress(OSError):  # e.g. a read-only cache
+                os.utime(fd)  # recently used: evicted last
+            return data
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read a compile cache entry", extra={"error": str(exc)})
+            return None
         finally:
             os.close(fd)
-        os.utime(path)  # recently used: evicted last
-        return data if len(data) == info.st_size else None
+            os.close(dir_fd)
 
     def store(self, cache_key: str, digest: str, artifact: bytes) -> None:
         """Write the artifact atomically; problems are logged, never raised (the cache is
         an optimisation)."""
-        path = self._path(cache_key, digest)
-        tmp = f"{path}.{os.getpid()}.tmp"
+        name = _component(digest)
+        tmp = f"{name}.{os.getpid()}{_TMP_SUFFIX}"
         try:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(artifact)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            self._evict()
+            os.makedirs(os.path.join(self.directory, _component(cache_key)), 0o700, exist_ok=True)
         except OSError as exc:
             log.warning("cannot store the compiled module", extra={"error": str(exc)})
-            try:  # noqa: SIM105 - one more import for a rare path is not worth it here
-                os.unlink(tmp)
-            except OSError:
-                pass
+            return
+        dir_fd = self._open_key_dir(cache_key)
+        if dir_fd < 0:
+            return
+        try:
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
+            )
+            try:
+                write_all(fd, artifact)
+                os.fsync(fd)  # never a renamed-in file whose data a crash lost
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as exc:
+            log.warning("cannot store the compiled module", extra={"error": str(exc)})
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            return
+        finally:
+            os.close(dir_fd)
+        self._evict()
+
+    def _open_key_dir(self, cache_key: str) -> int:
+        """A descriptor of the key's directory if it is ours alone, else -1."""
+        path = os.path.join(self.directory, _component(cache_key))
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            return -1
+        try:
+            safe = _private(os.fstat(fd), stat.S_ISDIR)
+        except OSError:
+            safe = False
+        if not safe:
+            log.warning("ignoring an unsafe compile cache directory", extra={"path": path})
+            os.close(fd)
+            return -1
+        return fd
 
     def _evict(self) -> None:
         entries: list[tuple[float, int, str]] = []
         for dirpath, _dirs, files in os.walk(self.directory):
             for name in files:
+                if name.endswith(_TMP_SUFFIX):
+                    continue  # another writer's, still being written
                 path = os.path.join(dirpath, name)
                 try:
                     info = os.stat(path)
@@ -115,6 +155,15 @@ class NodeCache:
                 total -= size
             except OSError:
                 pass
+
+
+def _private(info: os.stat_result, is_kind: Callable[[int], bool]) -> bool:
+    """Of the expected kind, owned by this user and writable by nobody else."""
+    return (
+        is_kind(info.st_mode)
+        and info.st_uid == os.geteuid()
+        and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    )
 
 
 def _component(text: str) -> str:
