@@ -32,7 +32,7 @@ class _Cancelled(Exception):
 _T = TypeVar("_T")
 
 
-async def in_thread(
+async def _in_thread(
     fn: Callable[[], _T], stop: Callable[[], None] | None = None, grace: float = 0.0
 ) -> _T:
     """Run blocking ``fn`` in a daemon thread; on cancellation call ``stop``, give the thread
@@ -40,7 +40,7 @@ async def in_thread(
 
     Not ``asyncio.to_thread``: a guest blocked in a host call (``sleep``, a read on stdin)
     cannot be interrupted, and ``asyncio.run`` joins default-executor threads at exit, which
-    would keep a cancelled container alive. A daemon thread dies with the process.
+    would keep a cancelled embedder's process alive. A daemon thread dies with the process.
     """
     import asyncio
     import threading
@@ -126,7 +126,7 @@ class WasmtimeSandbox(Sandbox):
                 engine.increment_epoch()
 
         grace = self._cancel_grace if interruptible else 0.0
-        return await in_thread(lambda: self._run(engine, ctx, cancelled), stop, grace)
+        return await _in_thread(lambda: self._run(engine, ctx, cancelled), stop, grace)
 
     def run_wasi_blocking(self, ctx: RuntimeContext) -> int:
         """:meth:`run_wasi` on the calling thread, with no event loop (what the container
@@ -146,7 +146,7 @@ class WasmtimeSandbox(Sandbox):
         todo = self._to_check(ctx)
         if todo is not None:
             data, path = todo
-            _refuse(await in_thread(lambda: _check(data, path, self._engine_flags)))
+            _refuse(await _in_thread(lambda: _check(data, path, self._engine_flags)))
 
     def can_handle_blocking(self, ctx: RuntimeContext) -> None:
         """:meth:`can_handle` on the calling thread (for the container init)."""
