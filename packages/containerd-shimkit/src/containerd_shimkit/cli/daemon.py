@@ -1,8 +1,10 @@
 """The long-running shim daemon: one per group (pod), serving the Task API over ttrpc.
 
-Order matters: before anything imports asyncio or could start a thread, the daemon becomes a
-child subreaper and runs the shim's ``prepare_daemon`` hook (which forks the zygote). Only
-then does it import the event loop, protobuf and the Instance implementation.
+Order matters: the daemon imports what it and its zygote share (asyncio, protobuf, the Task
+service; a daemon forked from the template has them already), becomes a child subreaper
+and runs the shim's ``prepare_daemon`` hook, which forks the zygote, while it still has one
+thread; only then does it start the event loop. A spare daemon (:func:`main_spare`) does
+all that before it knows its pod, then takes the pod's identity when handed a ``start``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import lightjson
 from .flags import Flags
 from .start import LISTENER_FD, group_of
 
@@ -74,7 +75,6 @@ def main_spare(control: socket.socket, spec: ShimSpec) -> int:
 
 def _take_identity(flags: Flags, spec: ShimSpec) -> None:
     """The log FIFO of the bundle (the cwd) on fd 2, the log level and the pod id."""
-    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type] # see import_daemon_modules
     from .. import logs
 
     bundle = Path.cwd()
@@ -85,13 +85,12 @@ def _take_identity(flags: Flags, spec: ShimSpec) -> None:
 
 
 def _prepare(spec: ShimSpec) -> None:
-    """Become the subreaper, import, fork the zygote: all a daemon does before serving."""
-    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type] # see import_daemon_modules
+    """Import, become the subreaper, fork the zygote: all a daemon does before serving."""
+    # Loaded before the zygote's fork below, so that daemon and zygote share them.
+    import_daemon_modules()
     from ..reaper import set_child_subreaper
 
     set_child_subreaper()
-    # Loaded before the zygote's fork below, so that daemon and zygote share them.
-    import_daemon_modules()
     if spec.prepare_daemon is not None:
         # Fork the zygote now: after the heavy imports, so daemon and zygote share their
         # pages copy-on-write, and before the event loop, while there is one thread.
@@ -113,9 +112,8 @@ def _run(main: Coroutine[None, None, int]) -> int:
 async def _serve_when_handed_over(control: socket.socket, spec: ShimSpec) -> int:
     import asyncio
 
-    from ..proctitle import set_cmdline
-    from ..zygote import recv_with_fds
     from .flags import parse
+    from .template import adopt_request, receive_request
 
     loop = asyncio.get_running_loop()
     readable: asyncio.Future[None] = loop.create_future()
@@ -130,25 +128,16 @@ async def _serve_when_handed_over(control: socket.socket, spec: ShimSpec) -> int
     finally:
         loop.remove_reader(control.fileno())
     try:
-        data, fds = recv_with_fds(control)
-    except OSError:
-        return 0
+        request, fds = receive_request(control)
+    except (OSError, ValueError):
+        return 0  # the template went away (or sent nonsense): nobody is waiting for us
     finally:
         control.close()
-    if not data or len(fds) != 1:
+    if len(fds) != 1:
         for fd in fds:
             os.close(fd)
-        return 0  # the template went away (or sent nonsense): nobody is waiting for us
-    request = lightjson.loads(data)
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
-    if fds[0] != LISTENER_FD:
-        os.dup2(fds[0], LISTENER_FD)
-        os.close(fds[0])
-    argv = [str(arg) for arg in request["argv"]]
-    set_cmdline(argv)
-    sys.argv = argv
+        return 0
+    argv = adopt_request(request, fds[0])
     flags = parse(argv[1:])
     _take_identity(flags, spec)
     if spec.identify_daemon is not None:

@@ -20,10 +20,14 @@ import sys
 from . import lightjson
 from .flags import Flags, to_argv
 
-try:  # the builtin SHA-256: hashlib would first load OpenSSL (~4 ms) for this one digest
+# The builtin SHA-256: hashlib would first load OpenSSL (~4 ms) for this one digest.
+try:  # Python 3.11
     from _sha256 import sha256 as _sha256  # type: ignore[import-not-found, unused-ignore]
-except ImportError:  # pragma: no cover - Python 3.12+ renamed it
-    from hashlib import sha256 as _sha256
+except ImportError:  # pragma: no cover - Python 3.12+ moved it into _sha2
+    try:
+        from _sha2 import sha256 as _sha256  # type: ignore[import-not-found, no-redef, unused-ignore]
+    except ImportError:  # a build without the builtin hashes
+        from hashlib import sha256 as _sha256  # type: ignore[assignment, unused-ignore]
 
 
 def sha256_hex(data: bytes) -> str:

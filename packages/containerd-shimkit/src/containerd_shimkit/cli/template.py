@@ -104,12 +104,7 @@ def fork_from_template(flags: Flags, listener: _socket.socket, program: str) -> 
                 # Abstract names are first come, first served: whoever listens there must be
                 # us before it gets the listener (it would serve containerd) or our env.
                 return None
-            # One C int, packed by hand: ``array`` would import collections.abc (~1.5 ms).
-            rights = listener.fileno().to_bytes(4, sys.byteorder, signed=True)
-            conn.sendmsg(
-                [lightjson.dumps(request).encode()],
-                [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)],
-            )
+            send_request(conn, request, listener.fileno())
         except OSError:
             return None  # no template (or it is gone): it never got the listener
         try:
@@ -133,6 +128,15 @@ def fork_from_template(flags: Flags, listener: _socket.socket, program: str) -> 
         return None  # refused (e.g. upgraded on disk) before forking anything
     listener.close()
     return pid
+
+
+def send_request(conn: _socket.socket, request: dict[str, Any], listener: int) -> None:
+    """One packet: ``request`` as JSON, with the ``listener`` descriptor attached."""
+    # One C int, packed by hand: ``array`` would import collections.abc (~1.5 ms) in start.
+    rights = listener.to_bytes(4, sys.byteorder, signed=True)
+    conn.sendmsg(
+        [lightjson.dumps(request).encode()], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)]
+    )
 
 
 def _peer(conn: _socket.socket) -> tuple[int, int, int]:
@@ -232,10 +236,7 @@ class _Spare:
     def hand_over(self, request: dict[str, Any], listener: int) -> int | None:
         """Send the spare ``start``'s request and listener; its pid, or None if it is gone."""
         try:
-            self.control.sendmsg(
-                [lightjson.dumps(request).encode()],
-                [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, listener.to_bytes(4, sys.byteorder))],
-            )
+            send_request(self.control, request, listener)
         except OSError:
             return None
         return self.pid
@@ -308,7 +309,7 @@ class _Server:
         if _peer(conn)[1] != os.geteuid():
             return True  # only our own user may have daemons forked
         try:
-            request, fds = _receive(conn)
+            request, fds = receive_request(conn)
         except (OSError, ValueError):
             return True
         if _changed(self.loaded):
@@ -357,7 +358,12 @@ class _Server:
             self.spare = None
 
 
-def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+def receive_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """One request and its descriptors, as :func:`send_request` sent them.
+
+    Raises:
+        ValueError: EOF or a malformed request (its descriptors are closed).
+    """
     from ..zygote import recv_with_fds
 
     data, fds = recv_with_fds(conn)
@@ -369,10 +375,28 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     return request, fds
 
 
+def adopt_request(request: dict[str, Any], listener: int) -> list[str]:
+    """Become the daemon ``start`` asked for: its cwd, environment, listener (moved to
+    :data:`~containerd_shimkit.cli.start.LISTENER_FD`) and command line, which is
+    returned."""
+    from ..proctitle import set_cmdline
+    from .start import LISTENER_FD
+
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    if listener != LISTENER_FD:
+        os.dup2(listener, LISTENER_FD)
+        os.close(listener)
+    argv = [str(arg) for arg in request["argv"]]
+    set_cmdline(argv)
+    sys.argv = argv
+    return argv
+
+
 def _loaded_files() -> dict[str, int]:
     """mtime of every Python source or extension the template has loaded, stdlib aside."""
     import contextlib
-    import sys
     import sysconfig
 
     stdlib = sysconfig.get_paths()["stdlib"]
@@ -464,20 +488,12 @@ def _become_daemon(
     """In the forked child: take the daemon's cwd, environment and fds, then serve."""
 
     def daemon(_null: int) -> int:
-        from ..proctitle import set_cmdline
         from .daemon import main_serve
         from .flags import parse
         from .start import LISTENER_FD
 
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        if listener != LISTENER_FD:
-            os.dup2(listener, LISTENER_FD)
+        argv = adopt_request(request, listener)
         os.closerange(LISTENER_FD + 1, 1 << 16)
-        argv = [str(arg) for arg in request["argv"]]
-        set_cmdline(argv)
-        sys.argv = argv
         return main_serve(parse(argv[1:]), spec)
 
     _in_child(sockets, pidfd, daemon)
