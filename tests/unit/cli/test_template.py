@@ -171,3 +171,40 @@ def test_a_template_name_taken_by_another_user_gets_nothing(
     assert listener.fileno() != -1
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the squatter received the request"
+
+
+def test_a_spare_that_keeps_dying_is_forked_less_and_less_often(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Whatever kills a spare before it is handed over would kill the next one too: the
+    template backs off instead of forking spares in a tight loop."""
+    from containerd_shimkit.cli.main import ShimSpec
+
+    forks: list[float] = []
+
+    def fork_a_dead_spare(self: template._Server) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        theirs.close()  # the spare is gone at once
+        forks.append(time.monotonic())
+        self.spare = template._Spare(0, ours)
+        self.poller.register(ours, 0)
+
+    async def identify(argv: list[str]) -> None:
+        pass
+
+    monkeypatch.setattr(template._Server, "_fork_spare", fork_a_dead_spare)
+    monkeypatch.setattr(template, "SPARE_DELAY", 0.01)
+    monkeypatch.setattr(template, "MAX_SPARE_DELAY", 0.08)
+    monkeypatch.setattr(template, "IDLE_SECONDS", 0.6)  # then the loop ends
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server.bind(str(tmp_path / "template.sock"))
+    server.listen(1)
+    pidfd = os.pidfd_open(os.getpid())  # never readable while this test runs
+    spec = ShimSpec("shim", lambda: ("0", "0"), lambda: object, identify_daemon=identify)  # type: ignore[arg-type, return-value]
+    try:
+        assert template._Server(server, pidfd, spec, {}, []).serve() == 0
+    finally:
+        os.close(pidfd)
+    # 0.01 + 0.02 + 0.04 + 0.08 + 0.08… s apart: about ten in 0.6 s, not thousands.
+    assert 3 <= len(forks) <= 20, len(forks)
+    assert server.fileno() == -1  # closed, so that the next template can bind the name

@@ -58,6 +58,8 @@ ACTION = "template"
 IDLE_SECONDS = 3600.0
 #: How long after starting, and after handing its spare over, the template forks a spare.
 SPARE_DELAY = 0.1
+#: The longest wait before forking a spare again after spares kept dying.
+MAX_SPARE_DELAY = 60.0
 #: Where a spare keeps its end of the channel to the template (above the listener's fd 3).
 SPARE_CONTROL_FD = 4
 #: How long ``start`` waits for the template's answer (it forks in milliseconds).
@@ -265,6 +267,9 @@ class _Server:
         self.poller.register(server, select.POLLIN)
         self.poller.register(pidfd, select.POLLIN)
         self.spare: _Spare | None = None
+        # Doubled each time a spare dies before it is handed over (whatever kills it would
+        # kill the next one too), back to SPARE_DELAY after a hand-over.
+        self.spare_delay = SPARE_DELAY
         # Only shims that can pass a late identity on to their zygote get a spare.
         keeps_spares = spec.identify_daemon is not None
         self.spare_due = time.monotonic() + SPARE_DELAY if keeps_spares else None
@@ -273,6 +278,9 @@ class _Server:
         try:
             return self._loop()
         finally:
+            # Free the name at once: the start that found this template stale spawns the
+            # next one, which must be able to bind it.
+            self.server.close()
             self._drop_spare()  # it reads EOF and exits
 
     def _loop(self) -> int:
@@ -288,7 +296,9 @@ class _Server:
             if self.pidfd in events:
                 return 0  # containerd exited
             if self.spare is not None and self.spare.control.fileno() in events:
-                self._drop_spare()  # it died: make another one later
+                self._drop_spare()  # it died: make another one later, and later each time
+                self.spare_delay = min(self.spare_delay * 2, MAX_SPARE_DELAY)
+                self.spare_due = time.monotonic() + self.spare_delay
             if self.server.fileno() not in events:
                 now = time.monotonic()
                 if now >= idle_until:
@@ -336,6 +346,7 @@ class _Server:
             return None
         pid = self.spare.hand_over(request, listener)
         self._drop_spare()
+        self.spare_delay = SPARE_DELAY
         self.spare_due = time.monotonic() + SPARE_DELAY
         return pid
 
