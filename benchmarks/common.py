@@ -411,7 +411,7 @@ def shim_daemons(procs: Mapping[int, Proc], address: Path, binary: str) -> list[
         return (
             _shim_of(p, binary)
             and names_address(p.argv, address)
-            and not (is_template(p) or is_spare(p))
+            and not is_shim_template(p.argv)  # the template, its spare or the spare's zygote
         )
 
     return sorted(
@@ -424,6 +424,18 @@ def shim_daemons(procs: Mapping[int, Proc], address: Path, binary: str) -> list[
         ),
         key=lambda p: p.pid,
     )
+
+
+def templates(address: Path, procs: Mapping[int, Proc] | None = None) -> list[Proc]:
+    """Our shim's template for this containerd (one at most; its spare is not one)."""
+    found = procs if procs is not None else processes()
+    return [p for p in found.values() if is_template(p) and names_address(p.argv, address)]
+
+
+def spares(address: Path, procs: Mapping[int, Proc] | None = None) -> list[Proc]:
+    """The template's spare daemon and the spare's zygote, for this containerd."""
+    found = procs if procs is not None else processes()
+    return [p for p in found.values() if is_spare(p) and names_address(p.argv, address)]
 
 
 def wasm_daemons(address: Path, procs: Mapping[int, Proc] | None = None) -> list[Proc]:

@@ -53,16 +53,15 @@ from benchmarks.common import (
     container_id_of,
     descendants_of,
     finish,
-    is_spare,
-    is_template,
     machine_info,
     memory_of,
-    names_address,
     print_table,
     processes,
     runc_shims,
+    spares,
     start_containerd,
     sum_memory,
+    templates,
     wasm_daemons,
     write_json,
 )
@@ -147,26 +146,14 @@ def measure_group(ctr: Ctr, runtime: str, ids: Sequence[str]) -> Group:
     )
 
 
-def templates(ctr: Ctr) -> list[Proc]:
-    """Our shim's template for this containerd (one at most)."""
-    return [
-        p for p in processes().values() if is_template(p) and names_address(p.argv, ctr.ctd.address)
-    ]
-
-
-def spare_memory(ctr: Ctr, timeout: float = 10.0) -> Memory:
-    """The template's spare daemon and its zygote, summed (zero if none comes up)."""
+def spare_memory(ctr: Ctr, timeout: float = 10.0) -> Memory | None:
+    """The template's spare daemon and its zygote, summed (None if none comes up)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = [
-            p
-            for p in processes().values()
-            if is_spare(p) and names_address(p.argv, ctr.ctd.address)
-        ]
-        if found:
+        if found := spares(ctr.ctd.address):
             return sum_memory(memory_of(p.pid) for p in found)
         time.sleep(0.1)
-    return ZERO_MEMORY
+    return None
 
 
 def ensure_template(ctr: Ctr, timeout: float = 30.0) -> Proc:
@@ -175,7 +162,7 @@ def ensure_template(ctr: Ctr, timeout: float = 30.0) -> Proc:
     cid = ctr.new_id("warmup")
     ctr("run", "--rm", "--runtime", WASM_RUNTIME, HELLO_IMAGE, cid, "/demo.wasm", "echo", "x")
     deadline = time.monotonic() + timeout
-    while not (found := templates(ctr)):
+    while not (found := templates(ctr.ctd.address)):
         if time.monotonic() > deadline:
             raise RuntimeError("no template started")
         time.sleep(0.1)
@@ -248,7 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     groups[runtime, count] = run_group(
                         ctr, runtime, count, args.settle, args.samples
                     )
-            template_kb = memory_of(template.pid) if template else None
+            # Looked up again: a template can be replaced while the groups run.
+            current = templates(ctd.address) if template else []
+            template_kb = memory_of(current[0].pid) if current else None
             spare_kb = spare_memory(ctr) if template else None
             state = bytecode_state(env)  # before the private pycache goes
         finally:
@@ -324,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"template (one per node, forks each new pod's daemon; its pages are shared with "
             f"them): RSS {mib(template_kb.rss):.1f} MiB, PSS {mib(template_kb.pss):.1f} MiB"
         )
+    if template_kb is not None and spare_kb is None:
+        print("spare: none came up within 10 s")
     if spare_kb is not None:
         print(
             f"spare (one per node: a daemon and its zygote forked ahead of the next new pod): "

@@ -74,13 +74,15 @@ from benchmarks.common import (
     descendants_of,
     finish,
     machine_info,
-    names_address,
     other_containerds,
     parse_log,
     print_table,
     processes,
+    shim_daemons,
+    spares,
     start_containerd,
     summarize,
+    templates,
     write_json,
 )
 from containerd_shimkit.api import events_ttrpc_pb2, shim_pb2
@@ -342,9 +344,6 @@ def _identity(data: bytes) -> bytes:
 
 # --------------------------------------------------------------------------- shim processes
 
-#: The action of our shim's template: one pre-warmed process per containerd that forks new
-#: pods' daemons (``containerd_shimkit.cli.template``). Forked daemons are its children.
-TEMPLATE_ACTION = "template"
 BINARIES = {"wasm": SHIM_BINARY, "runc": RUNC_SHIM_BINARY}
 
 
@@ -357,45 +356,31 @@ class ShimProcesses:
 
 
 def shim_processes(address: Path, runtime: str) -> ShimProcesses:
-    """The runtime's shim daemons and templates naming ``-address <address>``.
-
-    A daemon is a shim process that is no ``start``/``delete`` action and no template, whose
-    parent is not a shim (exec'd daemons are re-parented) or is the template (forked ones).
-    That leaves out our zygote and container inits, whose parent is the daemon or zygote.
-    """
-    binary = BINARIES[runtime]
+    """The runtime's shim daemons (:func:`common.shim_daemons`) and our shim's template
+    naming ``-address <address>``."""
     procs = processes()
-    shims = {
-        pid: p
-        for pid, p in procs.items()
-        if any(Path(a).name == binary for a in p.argv[:2]) and names_address(p.argv, address)
-    }
-    templates = [pid for pid, p in shims.items() if TEMPLATE_ACTION in p.argv]
-    daemons = [
-        pid
-        for pid, p in shims.items()
-        if p.argv[-1] not in ("start", "delete")
-        and pid not in templates
-        and (p.ppid not in shims or p.ppid in templates)
-    ]
-    return ShimProcesses(sorted(daemons), sorted(templates))
+    daemons = [p.pid for p in shim_daemons(procs, address, BINARIES[runtime])]
+    ours = [p.pid for p in templates(address, procs)] if runtime == "wasm" else []
+    return ShimProcesses(daemons, ours)
 
 
 def stop_templates(address: Path, timeout: float = 10.0) -> int:
-    """SIGTERM our shim's template for ``address``, as containerd's exit would end it.
+    """SIGTERM our shim's template for ``address``, as containerd's exit would end it, and
+    wait for it and its spare (which follows it) to be gone.
 
     In direct mode the benchmark stands in for containerd, and the template (which watches
     the parent of the ``start`` action that spawned it, i.e. this process) would otherwise
-    stay until the benchmark exits. Returns how many were stopped.
+    stay until the benchmark exits. Returns how many templates were stopped.
     """
     pids = shim_processes(address, "wasm").templates
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
+    waited = pids + [p.pid for p in spares(address)]
     deadline = time.monotonic() + timeout
-    while alive := [pid for pid in pids if process_alive(pid)]:
+    while alive := [pid for pid in waited if process_alive(pid)]:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"template(s) {alive} did not exit on SIGTERM")
+            raise RuntimeError(f"template or spare {alive} did not exit on SIGTERM")
         time.sleep(0.05)
     return len(pids)
 
@@ -776,9 +761,10 @@ class DirectShim:
         """Serve events, run the binary's ``start`` as containerd 1.6 does, and connect."""
         self.server = Server([Service.from_descriptor(_EVENTS, self.events)])
         await self.server.start_unix(self.events_socket)
+        containerd = shutil.which("containerd", path=env["PATH"]) or "/usr/bin/containerd"
         argv = [
             str(self.binary), "-namespace", self.namespace, "-address", str(self.fake_address),
-            "-publish-binary", shutil.which("containerd") or "/usr/bin/containerd",
+            "-publish-binary", containerd,
             "-id", self.pod, "start",
         ]  # fmt: skip
         # containerd 1.6 adds exactly these two to its own environment (shim-protocol.md §3.2).
@@ -863,12 +849,13 @@ _EVENTS = events_ttrpc_pb2.DESCRIPTOR.services_by_name["Events"]
 TASK_TOPICS = ("/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete")
 
 
-def binaries(runtimes: Sequence[str]) -> dict[str, Path]:
-    """The shim binary of each runtime (ours from the venv, runc's from containerd's PATH)."""
+def binaries(runtimes: Sequence[str], path: str) -> dict[str, Path]:
+    """The shim binary of each runtime (ours from the venv, runc's from containerd's
+    ``path``, as containerd mode's shims find it)."""
     out = {}
     for runtime in runtimes:
         name = BINARIES[runtime]
-        found = VENV_BIN / name if runtime == "wasm" else shutil.which(name)
+        found = VENV_BIN / name if runtime == "wasm" else shutil.which(name, path=path)
         if not found or not Path(found).exists():
             raise RuntimeError(f"{name} not found")
         out[runtime] = Path(found)
@@ -894,7 +881,7 @@ def run_direct_mode(
     try:
         began = time.perf_counter()
         files = RootfsSource(scratch)
-        for runtime, binary in binaries(runtimes).items():
+        for runtime, binary in binaries(runtimes, env["PATH"]).items():
             pod = f"{runtime}-pod-{secrets.token_hex(4)}"
             ids = [f"{runtime}-{secrets.token_hex(4)}" for _ in range(count)]
             tracker.add_tokens([pod, *ids])
@@ -1082,8 +1069,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             else:
                 machine = machine or machine_without_containerd()
-                # The shims get what containerd would pass on: its environment, bytecode's.
-                shim_env = {**os.environ, **env}
+                # The shims get what the private containerd of containerd mode would pass
+                # on (its PATH, with the same containerd and runc binaries) and bytecode's.
+                ctd_env = PrivateContainerd(extra_path=[VENV_BIN]).environment()
+                shim_env = {**ctd_env, **env}
                 result = run_direct_mode(
                     runtimes, args.count, args.parallel, args.chunks, shim_env, work
                 )
