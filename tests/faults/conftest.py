@@ -1,0 +1,347 @@
+"""Fault injection: what the shim does when its processes, containerd or its clients misbehave.
+
+The module-scoped ``faults`` fixture is one private containerd with the wasmtime runtime on
+its PATH and three images: ``localhost/hello:test`` (``/demo.wasm``: ``daemon`` runs until
+killed, ``echo`` exits 0 at once), ``localhost/busybox:test`` (native) and
+``localhost/wasm-modules:test`` (modules as files, among them ``/hello.wat`` which exits 0,
+``/exit42.wasm`` and the garbage ``/notwasm.wasm``), built by
+``tests/integration/test_wasm_containers.py``, whose :class:`Env` it extends.
+
+After every test that uses it, nothing of the test's ids may be left (polled for 10 s: shims
+exit asynchronously): no process, mount, cgroup, shim socket, bundle (with its state file),
+container or snapshot record; and the long-lived shim processes that were there before the
+test and still are (the template, a daemon kept up by a module-level container) must hold
+as many file descriptors as before it.
+
+Tests add to :data:`COUNTS` (see :func:`record`); the totals are printed at the end of the
+session: ``faults: N survived, M bad inputs, K storm failures, L leaks``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.wasm.build import build_all
+from tests.support.containerd import (
+    FIFO_DIR,
+    ContainerdBinaries,
+    PrivateContainerd,
+    is_shim_spare,
+    is_shim_template,
+    process_alive,
+    process_parents,
+)
+
+if os.geteuid() != 0:  # the imports below skip a whole module when not root
+    pytest.skip("a private containerd and containers need root", allow_module_level=True)
+
+from tests.integration.test_wasm_containers import (
+    BUSYBOX,
+    HELLO,
+    MODULES,
+    NAMESPACE,
+    RUNTIME,
+    ContainerdApi,
+    Env,
+    _modules_image,
+    leftovers_of,
+)
+
+__all__ = [
+    "BUSYBOX",
+    "COUNTS",
+    "GROUP_ANNOTATION",
+    "HELLO",
+    "MODULES",
+    "FaultEnv",
+    "ShimPids",
+    "classify_shims",
+    "fd_count",
+    "record",
+    "rss_kib",
+]
+
+#: The annotation the shim groups containers by (one daemon per value).
+GROUP_ANNOTATION = "io.kubernetes.cri.sandbox-id"
+
+#: Session totals, printed by :func:`pytest_terminal_summary`.
+COUNTS: dict[str, int] = {"survived": 0, "bad_inputs": 0, "storm_failures": 0, "leaks": 0}
+
+
+def record(kind: str, n: int = 1) -> None:
+    """Add ``n`` to the session counter ``kind`` (a key of :data:`COUNTS`)."""
+    if kind not in COUNTS:
+        raise KeyError(f"unknown fault counter {kind!r}: one of {sorted(COUNTS)}")
+    COUNTS[kind] += n
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    c = COUNTS
+    terminalreporter.write_line(
+        f"faults: {c['survived']} survived, {c['bad_inputs']} bad inputs, "
+        f"{c['storm_failures']} storm failures, {c['leaks']} leaks"
+    )
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _pidns(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return ""
+
+
+def fd_count(pid: int) -> int:
+    """How many file descriptors ``pid`` holds (-1 when it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+def rss_kib(pid: int) -> int:
+    """``VmRSS`` of ``pid`` in KiB (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+@dataclass
+class ShimPids:
+    """This containerd's shim processes, by role."""
+
+    #: The template (one per containerd at most).
+    templates: list[int] = field(default_factory=list)
+    #: The template's spare daemon and the spare's zygote.
+    spares: list[int] = field(default_factory=list)
+    #: Pods' daemons (not start/delete actions, not forked from another pod's shim).
+    daemons: list[int] = field(default_factory=list)
+    #: daemon pid → its zygote's pid (a child in the daemon's own pid namespace).
+    zygotes: dict[int, int] = field(default_factory=dict)
+    #: Container inits (children of a daemon in another pid namespace).
+    inits: list[int] = field(default_factory=list)
+
+    def long_lived(self) -> list[int]:
+        """The processes whose fd count should not grow: templates and daemons."""
+        return [*self.templates, *self.daemons]
+
+
+def classify_shims(ctd: PrivateContainerd) -> ShimPids:
+    found = dict(ctd.shim_processes(include_templates=True))
+    parents = process_parents()
+    out = ShimPids()
+    pod_shims = {
+        pid
+        for pid, argv in found.items()
+        if not is_shim_template(argv) and argv[-1:] not in (["start"], ["delete"])
+    }
+    for pid, argv in found.items():
+        if is_shim_spare(argv):
+            out.spares.append(pid)
+        elif is_shim_template(argv):
+            out.templates.append(pid)
+        elif pid in pod_shims and parents.get(pid) not in pod_shims:
+            out.daemons.append(pid)
+    for pid in pod_shims:
+        parent = parents.get(pid, 0)
+        if parent in out.daemons:
+            if _pidns(pid) == _pidns(parent):
+                out.zygotes[parent] = pid
+            else:
+                out.inits.append(pid)
+    for lst in (out.templates, out.spares, out.daemons, out.inits):
+        lst.sort()
+    return out
+
+
+# --------------------------------------------------------------------------- the env
+
+
+@dataclass
+class FaultEnv(Env):
+    """:class:`Env` plus what fault tests need: groups, shim pids, containerd restarts."""
+
+    def group_opts(self, group: str) -> tuple[str, ...]:
+        """``ctr run`` options that put a container in the pod/group ``group``."""
+        return ("--annotation", f"{GROUP_ANNOTATION}={group}")
+
+    def run_detached(
+        self, image: str, cid: str, *cmd: str, opts: Sequence[str] = (), timeout: float = 60.0
+    ) -> None:
+        """``ctr run -d [opts]``: the task keeps running; the caller kills and deletes it."""
+        result = self.ctr("run", "-d", "--runtime", RUNTIME, *opts, image, cid, *cmd,
+                          timeout=timeout)  # fmt: skip
+        assert result.returncode == 0, f"{result.stderr}\n{self.log(cid)}"
+
+    def popen_run(
+        self, image: str, cid: str, *cmd: str, opts: Sequence[str] = ()
+    ) -> subprocess.Popen[str]:
+        """``ctr run --rm [opts] …`` in the background (stdout and stderr piped)."""
+        args = ("run", "--rm", "--runtime", RUNTIME, *opts, image, cid, *cmd)
+        self.ctd.tracker.add_tokens(args)
+        argv = [str(self.ctd.binaries.ctr), "-a", str(self.ctd.address), "-n", NAMESPACE, *args]
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.ctd.environment(),
+        )
+
+    def remove_ctr_fifos(self, cid: str) -> None:
+        """Remove ``ctr``'s stdio fifo dir of ``cid``: when containerd deletes a task itself
+        (after its shim died) no ``ctr`` ever closes that task's IO (with runc neither)."""
+        for fifo_dir in FIFO_DIR.glob("*"):
+            with contextlib.suppress(OSError):
+                if any(f.name.startswith(f"{cid}-") for f in fifo_dir.iterdir()):
+                    shutil.rmtree(fifo_dir)
+
+    def shim_pids(self) -> ShimPids:
+        """This containerd's template, spare, daemons, zygotes and container inits."""
+        return classify_shims(self.ctd)
+
+    def task_pid(self, cid: str) -> int | None:
+        """The PID column of ``ctr task ls`` for ``cid``."""
+        for line in self.ctr("task", "ls").stdout.splitlines()[1:]:
+            words = line.split()
+            if len(words) >= 2 and words[0] == cid and words[1].isdigit():
+                return int(words[1])
+        return None
+
+    def daemon_of(self, cid: str) -> int:
+        """The shim daemon serving running container ``cid`` (its init's parent)."""
+        pid = self.task_pid(cid)
+        assert pid, f"{cid} has no running task"
+        daemon = process_parents().get(pid, 0)
+        assert daemon in self.shim_pids().daemons, (pid, daemon, self.shim_pids())
+        return daemon
+
+    def zygote_of(self, daemon: int) -> int:
+        zygote = self.shim_pids().zygotes.get(daemon)
+        assert zygote, f"daemon {daemon} has no zygote: {self.shim_pids()}"
+        return zygote
+
+    # ------------------------------------------------------------- containerd
+
+    def stop_containerd(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        """Stop containerd with ``sig`` (its shims keep running), leaving it restartable."""
+        proc = self.ctd._proc
+        assert proc is not None and proc.poll() is None, "containerd is not running"
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def start_containerd(self, timeout: float = 30.0) -> None:
+        """Start containerd again on the same config, root and state (after
+        :meth:`stop_containerd`); the leak tracker keeps its first snapshot."""
+        ctd = self.ctd
+        assert ctd._proc is not None and ctd._proc.poll() is not None, "containerd runs"
+        with open(ctd.log_path, "ab") as log:
+            ctd._proc = subprocess.Popen(
+                [str(ctd.binaries.containerd), "--config", str(ctd.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=ctd.environment(),
+                cwd=ctd.base,
+                start_new_session=True,
+            )
+        ctd._wait_ready(timeout)
+
+    def restart_containerd(self, sig: int = signal.SIGTERM) -> None:
+        self.stop_containerd(sig)
+        self.start_containerd()
+
+
+@pytest.fixture(scope="module")
+def faults(
+    containerd_binaries: ContainerdBinaries, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FaultEnv]:
+    """One private containerd for a module's fault tests, with the test images imported."""
+    fx = build_all()
+    tmp = tmp_path_factory.mktemp("faults")
+    with PrivateContainerd(
+        containerd_binaries,
+        extra_path=[Path(sys.executable).parent],
+        log_path=tmp / "containerd.log",
+    ) as ctd:
+        for archive in (
+            fx.images["hello"].path,
+            fx.images["busybox"].path,
+            _modules_image(fx, tmp),
+        ):
+            ctd.ctr("images", "import", "--all-platforms", str(archive), check=True)
+        api = ContainerdApi(ctd.address)
+        try:
+            yield FaultEnv(ctd, fx, api)
+        finally:
+            api.close()
+    if ctd.stop_leftovers:
+        record("leaks", len(ctd.stop_leftovers))
+    assert ctd.stop_leftovers == [], ctd.stop_leftovers
+
+
+def _fd_counts(env: FaultEnv) -> dict[int, int]:
+    return {pid: fd_count(pid) for pid in env.shim_pids().long_lived()}
+
+
+def _problems(env: FaultEnv, before_fds: dict[int, int]) -> list[str]:
+    found = [p for cid in env.ids for p in leftovers_of(env, cid)]
+    for pid, count in before_fds.items():
+        now = fd_count(pid)
+        if now not in (-1, count) and process_alive(pid):
+            found.append(f"shim process {pid} holds {now} fds, {count} before the test")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def fault_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that uses ``faults``: nothing of its ids is left (polled for 10 s)."""
+    if "faults" not in request.fixturenames:
+        yield
+        return
+    env: FaultEnv = request.getfixturevalue("faults")
+    env.ids.clear()
+    if not env.ctd.running:  # a test that failed while containerd was down
+        env.start_containerd()
+    before_fds = _fd_counts(env)
+    yield
+    if not env.ctd.running:
+        env.start_containerd()
+    deadline = time.monotonic() + 10.0
+    while (problems := _problems(env, before_fds)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    records = env.ctr("containers", "ls", "-q").stdout.split()
+    records += env.ctr("snapshots", "ls").stdout.split()
+    problems += [f"containerd still has {cid}" for cid in env.ids if cid in records]
+    problems += env.ctd.leftovers()
+    if problems:
+        record("leaks", len(problems))
+        # Clean up, so that one test's leak does not fail the next ones too.
+        for cid in env.ids:
+            env.ctr("task", "kill", "--signal", "SIGKILL", "--all", cid)
+            env.ctr("task", "delete", "--force", cid)
+            env.ctr("containers", "delete", cid)
+    logs = "\n".join(env.log(cid) for cid in env.ids)
+    assert not problems, "left behind:\n  " + "\n  ".join(problems) + f"\n{logs}"
