@@ -214,6 +214,14 @@ class FaultEnv(Env):
                 if any(f.name.startswith(f"{cid}-") for f in fifo_dir.iterdir()):
                     shutil.rmtree(fifo_dir)
 
+    def delete_task(self, cid: str) -> int:
+        """Delete ``cid``'s task through containerd's API; the exit status it reports.
+        (``ctr task delete`` does not print it on every version.) ``ctr``'s fifo dir of a
+        detached task, which only ``ctr task delete`` removes, is removed here."""
+        status = self.api.delete_task(cid)
+        self.remove_ctr_fifos(cid)
+        return status
+
     def shim_pids(self) -> ShimPids:
         """This containerd's template, spare, daemons, zygotes and container inits."""
         return classify_shims(self.ctd)
@@ -268,6 +276,9 @@ class FaultEnv(Env):
                 start_new_session=True,
             )
         ctd._wait_ready(timeout)
+        # A fresh channel: the old one may sit in reconnect backoff.
+        self.api.close()
+        self.api = ContainerdApi(ctd.address)
 
     def restart_containerd(self, sig: int = signal.SIGTERM) -> None:
         self.stop_containerd(sig)

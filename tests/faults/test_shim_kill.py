@@ -10,7 +10,6 @@ ones; a lost template or spare must not stop new pods from starting.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 
@@ -44,18 +43,6 @@ def _wait_task_ended(env: FaultEnv, cid: str, timeout: float = 30.0) -> str | No
     return status
 
 
-def _exit_code(deleted_output: str) -> int | None:
-    m = re.search(r"exit code (\d+)", deleted_output)
-    return int(m.group(1)) if m else None
-
-
-def _delete_task(env: FaultEnv, cid: str) -> int | None:
-    """``ctr task delete``; the exit code it reports (None when it names none)."""
-    deleted = env.ctr("task", "delete", cid)
-    assert deleted.returncode == 0, f"{deleted.stderr}\n{env.log(cid)}"
-    return _exit_code(deleted.stdout + deleted.stderr)
-
-
 def test_killed_daemon_task_ends_and_everything_is_removed(faults: FaultEnv) -> None:
     """SIGKILL the pod's daemon under a detached running container: the container's
     process dies with it, containerd shows the task STOPPED (exit 137) or gone, the task and
@@ -73,8 +60,8 @@ def test_killed_daemon_task_ends_and_everything_is_removed(faults: FaultEnv) -> 
     status = _wait_task_ended(faults, cid)
     assert _wait_dead(init), f"container init {init} survived its daemon's death"
     if status == "STOPPED":
-        code = _delete_task(faults, cid)
-        assert code in (None, 137), f"exit code {code} after SIGKILL of the shim"
+        code = faults.delete_task(cid)
+        assert code == 137, f"exit code {code} after SIGKILL of the shim"
     else:
         faults.remove_ctr_fifos(cid)
     assert faults.task_status(cid) is None
@@ -117,7 +104,7 @@ def test_killed_zygote_keeps_containers_and_the_pod_usable(faults: FaultEnv) -> 
         killed = faults.ctr("task", "kill", keeper)  # SIGTERM
         assert killed.returncode == 0, killed.stderr
         faults.wait_status(keeper, "STOPPED")
-        assert _delete_task(faults, keeper) == 143
+        assert faults.delete_task(keeper) == 143
     finally:
         faults.ctr("task", "kill", "--signal", "SIGKILL", keeper)
         faults.ctr("task", "delete", "--force", keeper)
