@@ -64,10 +64,13 @@ __all__ = [
     "GROUP_ANNOTATION",
     "HELLO",
     "MODULES",
+    "NAMESPACE",
+    "NOTES",
     "FaultEnv",
     "ShimPids",
     "classify_shims",
     "fd_count",
+    "note",
     "record",
     "rss_kib",
 ]
@@ -77,6 +80,15 @@ GROUP_ANNOTATION = "io.kubernetes.cri.sandbox-id"
 
 #: Session totals, printed by :func:`pytest_terminal_summary`.
 COUNTS: dict[str, int] = {"survived": 0, "bad_inputs": 0, "storm_failures": 0, "leaks": 0}
+
+
+#: Measurements tests want shown (printed after the counters).
+NOTES: list[str] = []
+
+
+def note(text: str) -> None:
+    """Print ``text`` in the session's terminal summary (numbers worth reporting)."""
+    NOTES.append(text)
 
 
 def record(kind: str, n: int = 1) -> None:
@@ -92,6 +104,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         f"faults: {c['survived']} survived, {c['bad_inputs']} bad inputs, "
         f"{c['storm_failures']} storm failures, {c['leaks']} leaks"
     )
+    for text in NOTES:
+        terminalreporter.write_line(f"faults: {text}")
 
 
 # --------------------------------------------------------------------------- processes

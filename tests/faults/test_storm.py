@@ -1,0 +1,113 @@
+"""A storm of short-lived wasm containers in one pod, 8 ``ctr run --rm`` at a time.
+
+Without a long-lived container in the pod, its daemon may be shutting down (its last
+container just went) while the next container's ``start`` finds or binds the pod's socket:
+every one of the 100 must still run and exit 0 (the runc shim gets this right), and once
+all are gone no daemon, socket or anything else of the pod is left. With a long-lived
+container the daemon stays up through the storm, and must come out of it holding as many
+file descriptors as before (RSS is reported, not asserted).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+import pytest
+
+from tests.support.containerd import SHIM_SOCKET_DIR, shim_socket_name
+
+from .conftest import HELLO, NAMESPACE, FaultEnv, fd_count, note, record, rss_kib
+
+pytestmark = [pytest.mark.containerd, pytest.mark.root]
+
+RUNS = 100
+IN_FLIGHT = 8
+#: Bound on the whole storm (each run has its own 60 s timeout too).
+STORM_TIMEOUT = 100.0
+
+
+def _storm(env: FaultEnv, group: str, prefix: str) -> list[str]:
+    """``RUNS`` containers of ``group``, ``IN_FLIGHT`` at a time; one line per failure."""
+    ids = [env.new_id(f"{prefix}{i}") for i in range(RUNS)]
+
+    def one(cid: str) -> str | None:
+        result = env.run(HELLO, cid, "/demo.wasm", "echo", cid, opts=env.group_opts(group))
+        if (result.returncode, result.stdout) == (0, f"{cid}\n"):
+            return None
+        return f"{cid}: exit {result.returncode}, stdout {result.stdout!r}: {result.stderr.strip()}"
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
+        futures = [pool.submit(one, cid) for cid in ids]
+        done, pending = wait(futures, timeout=STORM_TIMEOUT, return_when=FIRST_EXCEPTION)
+        for f in pending:
+            f.cancel()
+    failures = [r for f in done if (r := f.result()) is not None]
+    failures += [f"{len(pending)} runs not done after {STORM_TIMEOUT}s"] if pending else []
+    elapsed = time.monotonic() - started
+    record("storm_failures", len(failures))
+    note(
+        f"storm {prefix}: {RUNS} runs, {IN_FLIGHT} in flight, "
+        f"{len(failures)} failed, {elapsed:.1f}s"
+    )
+    # Failed runs may leave their container record (ctr run --rm removes it only on success).
+    for failure in failures:
+        cid = failure.split(":", 1)[0]
+        if cid in ids:
+            env.ctr("task", "delete", "--force", cid)
+            env.ctr("containers", "delete", cid)
+    return failures
+
+
+def test_storm_without_a_long_lived_container(faults: FaultEnv) -> None:
+    group = faults.new_id("storm-grp")
+    failures = _storm(faults, group, "st")
+    assert not failures, f"{len(failures)} of {RUNS} runs failed:\n" + "\n".join(failures[:10])
+    # The pod's daemon goes once its last container is gone.
+    sock = SHIM_SOCKET_DIR / shim_socket_name(str(faults.ctd.address), NAMESPACE, group)
+    deadline = time.monotonic() + 10
+    while (faults.shim_pids().daemons or sock.exists()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not faults.shim_pids().daemons, f"daemons left: {faults.shim_pids()}"
+    assert not sock.exists(), f"the pod's socket {sock} is left"
+    record("survived")
+
+
+def test_storm_with_a_long_lived_container(faults: FaultEnv) -> None:
+    group = faults.new_id("storm2-grp")
+    keeper = faults.new_id("storm2-keeper")
+    try:
+        faults.run_detached(HELLO, keeper, "/demo.wasm", "daemon", opts=faults.group_opts(group))
+        faults.wait_status(keeper, "RUNNING")
+        daemon = faults.daemon_of(keeper)
+        zygote = faults.zygote_of(daemon)
+        warm = faults.new_id("storm2-warm")  # whatever a first container sets up for good
+        result = faults.run(HELLO, warm, "/demo.wasm", "echo", "x", opts=faults.group_opts(group))
+        assert result.returncode == 0, result.stderr
+        time.sleep(0.2)
+        fds_before = {daemon: fd_count(daemon), zygote: fd_count(zygote)}
+        rss_before = {daemon: rss_kib(daemon), zygote: rss_kib(zygote)}
+
+        failures = _storm(faults, group, "st2-")
+        assert not failures, f"{len(failures)} of {RUNS} runs failed:\n" + "\n".join(failures[:10])
+        assert faults.daemon_of(keeper) == daemon, "the pod got another daemon"
+        assert faults.task_status(keeper) == "RUNNING"
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            fds_after = {pid: fd_count(pid) for pid in fds_before}
+            if fds_after == fds_before:
+                break
+            time.sleep(0.1)
+        rss_after = {pid: rss_kib(pid) for pid in rss_before}
+        note(
+            f"storm2 daemon: fds {fds_before[daemon]} -> {fds_after[daemon]}, "
+            f"RSS {rss_before[daemon]} -> {rss_after[daemon]} KiB; zygote: fds "
+            f"{fds_before[zygote]} -> {fds_after[zygote]}, "
+            f"RSS {rss_before[zygote]} -> {rss_after[zygote]} KiB"
+        )
+        assert fds_after == fds_before, f"fd counts before {fds_before}, after {fds_after}"
+    finally:
+        faults.kill_and_remove(keeper)
+    record("survived")
