@@ -13,6 +13,7 @@ Exit codes: the guest's ``proc_exit(n)`` → n, a normal return → 0, a trap or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -22,10 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from containerd_shimkit import logs, zygote
+from containerd_shimkit import logs, proctitle, zygote
 from containerd_shimkit.container import (
     ContainerSetup,
     exec_native,
+    hide_kernel_filesystems,
     is_native_executable,
     spawn_init,
 )
@@ -79,8 +81,62 @@ def scrub_environ_block() -> None:
         ctypes.memset(env_start, 0, env_end - env_start)
 
 
+def _zero_bytes(value: bytes) -> None:
+    # Empty and one-byte bytes objects are interpreter-wide singletons: never write those.
+    # c_char_p points into the object's own buffer, not at a copy.
+    address = ctypes.cast(ctypes.c_char_p(value), ctypes.c_void_p).value
+    if len(value) > 1 and address:
+        ctypes.memset(address, 0, len(value))
+
+
+def forget_host_environment() -> None:
+    """Drop the shim's environment from this process's memory, as far as Python can.
+
+    The init is a fork of the shim: ``os.environ`` still holds containerd's environment
+    (TTRPC_ADDRESS, whatever secrets it was started with). The guest's environment comes
+    from the spec, and nothing in the init reads ``os.environ`` after this. The values'
+    bytes are zeroed before they are dropped (freed memory keeps its contents); copies
+    made earlier elsewhere (``str`` objects, buffers already freed) are out of reach. A
+    defence in depth: what keeps the guest away from this memory is
+    :func:`~containerd_shimkit.container.hide_kernel_filesystems`.
+    """
+    data: Any = getattr(os.environ, "_data", {})  # the bytes behind os.environ/os.environb
+    for value in list(data.values()):
+        if isinstance(value, bytes):
+            _zero_bytes(value)
+    os.environ.clear()  # unsetenv()s each name: the C environ forgets them too
+
+
+def module_comm(args: list[str]) -> str:
+    """``comm`` of a wasm container: the module file's name without ``#function``, as an
+    exec of it would show (``/app/hello.wasm#run`` → ``hello.wasm``)."""
+    return proctitle.comm_for(args[0].partition("#")[0]) if args else ""
+
+
+#: prctl(2): whether the process may be ptraced (and its /proc files read) by its uid.
+_PR_SET_DUMPABLE = 4
+
+
+def _not_dumpable() -> None:
+    # Another container of the pod sharing its pid namespace, running as the same uid but
+    # without CAP_SYS_PTRACE, could otherwise open this process's /proc/<pid>/mem. Set at
+    # Start, after the user switch (changing uids resets the flag).
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        log.warning("cannot make the container process non-dumpable")
+
+
 class WasmWorkload:
-    """What the container's init process runs: a native exec or the engine's Sandbox."""
+    """What the container's init process runs: a native exec or the engine's Sandbox.
+
+    A wasm guest runs inside this process with the container's ``/`` preopened, so before
+    it runs (at the end of :meth:`prepare`, while the init still has all capabilities) the
+    container's kernel filesystems are detached (no ``/proc``, ``/sys`` or cgroupfs, see
+    :func:`~containerd_shimkit.container.hide_kernel_filesystems`): ``/proc/self/mem``
+    would otherwise be write access to the init's own memory, i.e. native code execution,
+    and ``/proc`` shows what the init inherited from the shim. Native executables keep
+    their mounts: nothing of the shim runs once they have exec'd.
+    """
 
     def __init__(
         self,
@@ -88,12 +144,15 @@ class WasmWorkload:
         memory_limit: int | None,
         layers: tuple[WasmLayer, ...] = (),
         compiled: WasmLayer | None = None,
+        forget: Callable[[], None] | None = None,
     ) -> None:
         self.shim = shim
         self.memory_limit = memory_limit
         self.layers = layers
         #: The zygote's artifact for the module file the daemon saw (unverified here).
         self.compiled = compiled
+        #: Drops what the zygote holds for other containers (their compiled modules).
+        self.forget = forget
         self.native = False
         self.sandbox: Sandbox | None = None
         self.context: SpecContext | None = None
@@ -119,6 +178,22 @@ class WasmWorkload:
                 f"cannot run {args[0] if args else '(no args)'!r}: {exc} "
                 "(args[0] must be a wasm module or a native executable in the container)"
             ) from exc
+        self.seal(args)
+
+    def seal(self, args: list[str]) -> None:
+        """Cut the guest off from this process before it can run (see the class docstring).
+
+        Raises:
+            ContainerError: a kernel filesystem could not be detached; Create fails rather
+                than run the guest with it.
+        """
+        with contextlib.suppress(OSError):  # cosmetic; the init already shows the args
+            proctitle.set_comm(module_comm(args))
+        forget_host_environment()
+        if self.forget is not None:
+            self.forget()
+        hidden = hide_kernel_filesystems()  # last: everything above may still use /proc
+        log.debug("kernel filesystems detached", extra={"mounts": ",".join(hidden)})
 
     def run(self, setup: ContainerSetup) -> int:
         """After Start: exec the native binary, or run the wasm workload to its exit code."""
@@ -126,6 +201,7 @@ class WasmWorkload:
             exec_native(setup)
         sandbox, context = self.sandbox, self.context
         assert sandbox is not None and context is not None
+        _not_dumpable()
         try:
             return run_until_signal(lambda: sandbox.run_wasi_blocking(context))
         except Exception:
@@ -197,6 +273,15 @@ def run_until_signal(work: Callable[[], int]) -> int:
     return code
 
 
+def _forgetter(modules: ModuleCache) -> Callable[[], None]:
+    def forget() -> None:
+        # Runs in the init (a fork): the zygote keeps its cache. Large artifacts are their
+        # own mappings, so dropping the last reference unmaps them from the init.
+        modules._entries.clear()
+
+    return forget
+
+
 def spawn(
     shim: type[Shim], modules: ModuleCache, request: dict[str, Any], fds: list[int]
 ) -> dict[str, Any]:
@@ -230,12 +315,18 @@ def spawn(
         stderr=fds[2],
     )
     pod = (spec.get("annotations") or {}).get(SANDBOX_ID_ANNOTATION) or request["id"]
-    # The init process inherits these: its log records carry the ids automatically.
-    logs.instance_id.set(request["id"])
-    logs.pod_id.set(pod)
-    compiled = modules.artifact_for(fds[-1]) if has_module else None
-    workload = WasmWorkload(shim, request.get("memory_limit"), layers, compiled)
-    pid = spawn_init(setup, workload, fds[3], close_fds=(zygote.channel_fd(),))
+    # For this request only: the helper and the init inherit them at the fork (their log
+    # records carry the ids), the zygote's later lines must not.
+    instance_token, pod_token = logs.instance_id.set(request["id"]), logs.pod_id.set(pod)
+    try:
+        compiled = modules.artifact_for(fds[-1]) if has_module else None
+        workload = WasmWorkload(
+            shim, request.get("memory_limit"), layers, compiled, forget=_forgetter(modules)
+        )
+        pid = spawn_init(setup, workload, fds[3], close_fds=(zygote.channel_fd(),))
+    finally:
+        logs.pod_id.reset(pod_token)
+        logs.instance_id.reset(instance_token)
     return {"pid": pid}
 
 

@@ -44,10 +44,17 @@ from .init import (
     send_message,
     spawn_init,
 )
-from .rootfs import mount_rootfs, parse_mount_options, unmount_rootfs
+from .rootfs import (
+    KERNEL_FILESYSTEMS,
+    hide_kernel_filesystems,
+    mount_rootfs,
+    parse_mount_options,
+    unmount_rootfs,
+)
 from .spec import ContainerError, resolve_rootfs
 
 __all__ = [
+    "KERNEL_FILESYSTEMS",
     "CgroupJoiner",
     "ContainerError",
     "ContainerSetup",
@@ -56,6 +63,7 @@ __all__ = [
     "decode_message",
     "encode_message",
     "exec_native",
+    "hide_kernel_filesystems",
     "is_native_executable",
     "mount_rootfs",
     "parse_mount_options",

@@ -47,6 +47,7 @@ Exit codes of B: ``workload.run``'s return value; 137 when it raises; 1 when set
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import json
 import logging
@@ -61,12 +62,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
+from .. import proctitle
 from . import _libc, devices, namespaces, rootfs, seccomp, security, spec
 from .spec import ContainerError, describe, step
 
 logger = logging.getLogger(__name__)
 
 _MAX_PACKET = 65536
+
+#: Command line and ``comm`` of the short-lived helper process (followed by the container id
+#: in the command line), like runc's ``runc init``.
+HELPER_TITLE = "shim-init"
 
 
 class CgroupJoiner(Protocol):
@@ -115,7 +121,9 @@ class Workload(Protocol):
 
     def prepare(self, setup: ContainerSetup) -> None:
         """Check and load what will run, inside the container (after pivot_root, still as
-        root with all capabilities). An exception fails Create with its message."""
+        root with all capabilities: the last point where the workload can change the
+        container's mounts, e.g. :func:`~.rootfs.hide_kernel_filesystems`). An exception
+        fails Create with its message."""
 
     def run(self, setup: ContainerSetup) -> int:
         """Run the workload after Start (user, capabilities and seccomp are applied) and
@@ -268,6 +276,9 @@ def _helper_main(
 ) -> NoReturn:
     code = 1
     try:
+        # A fork of the zygote shows the daemon's argv (-address, another container's -id)
+        # until it execs; tools matching shim daemons must not match it.
+        _set_title([HELPER_TITLE, setup.id], HELPER_TITLE)
         procs: list[int] = []
         if setup.cgroup is not None:
             with step("opening the cgroup"):
@@ -397,7 +408,18 @@ def _send_quietly(fd: int, message: Mapping[str, Any]) -> None:
         logger.debug("sync channel: cannot send %s: %s", message, exc)
 
 
+def _set_title(argv: list[str], comm: str | None = None) -> None:
+    try:
+        proctitle.set_process_title(argv, comm)
+    except OSError as exc:  # cosmetic: never fail a container for it
+        logger.debug("cannot set the process title: %s", exc)
+
+
 def _init(setup: ContainerSetup, workload: Workload, channel_fd: int, gate: _CgroupGate) -> int:
+    # What runc's exec shows: the container's own args and comm, from the start (a native
+    # process shows them only after its execve at Start; an in-process workload never execs).
+    # Now, while the host's /proc is still there to find the argv area.
+    _set_title(list(spec.args(setup.spec)))
     _reset_signals()
     os.setsid()  # like runc's init: the container gets its own session
     try:
@@ -605,8 +627,32 @@ def setup_stdio(stdin: int | None, stdout: int | None, stderr: int | None, fallb
         os.close(null)
 
 
+#: close_range(2)'s flag: mark close-on-exec instead of closing (Linux 5.11+).
+_CLOSE_RANGE_CLOEXEC = 1 << 2
+_NR_CLOSE_RANGE = 436  # the same number on every architecture
+
+
+def _close_range_cloexec(lowest: int) -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    result = libc.syscall(
+        ctypes.c_long(_NR_CLOSE_RANGE),
+        ctypes.c_uint(lowest),
+        ctypes.c_uint(0xFFFFFFFF),
+        ctypes.c_uint(_CLOSE_RANGE_CLOEXEC),
+    )
+    return bool(result == 0)
+
+
 def set_cloexec_from(lowest: int) -> None:
-    """Mark every fd >= ``lowest`` close-on-exec, so execve leaks nothing of the zygote."""
+    """Mark every fd >= ``lowest`` close-on-exec, so execve leaks nothing of the zygote.
+
+    One ``close_range`` call where the kernel has it; else the fds listed in
+    ``/proc/self/fd`` (which a workload may have hidden, see
+    :func:`~containerd_shimkit.container.rootfs.hide_kernel_filesystems`); else every fd
+    below the limit."""
+    if _close_range_cloexec(lowest):
+        return
     try:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:

@@ -4,7 +4,8 @@ Host side (the daemon, in the host mount namespace): :func:`mount_rootfs`,
 :func:`unmount_rootfs`. Container side (the init process, in its new mount namespace), in
 runc's order: :func:`prepare_root`, :func:`mount_all`, then ``/dev`` (:mod:`.devices`),
 :func:`pivot_root`, and after it :func:`readonly_path`, :func:`mask_path`,
-:func:`remount_readonly`.
+:func:`remount_readonly`. For a workload that runs untrusted code in-process:
+:func:`hide_kernel_filesystems`.
 """
 
 from __future__ import annotations
@@ -492,3 +493,100 @@ def dev_mount_flags(mounts: Sequence[Mount]) -> int | None:
             flags = parse_mount_options(m.options).flags
             return flags if flags & _libc.MS_RDONLY else None
     return None
+
+
+# --- hiding the kernel's filesystems ------------------------------------------------------
+
+#: Filesystems through which a process reaches itself, other processes or the kernel:
+#: ``proc`` (``/proc/self/mem`` is write access to the process's own memory; ``environ``,
+#: ``maps``, ``fd/``, ``root/`` of every visible pid), ``sysfs`` and what is mounted under it
+#: (cgroupfs, debugfs, tracefs, securityfs, bpf, configfs, fusectl, pstore, efivarfs,
+#: selinuxfs, smackfs), ``binfmt_misc`` and ``nsfs`` (namespace handles). Not here:
+#: ``tmpfs``, ``devpts``, ``mqueue`` and ``hugetlbfs`` hold the container's own data and
+#: IPC objects, not a view of processes or of the kernel.
+KERNEL_FILESYSTEMS = frozenset(
+    {
+        "proc",
+        "sysfs",
+        "cgroup",
+        "cgroup2",
+        "debugfs",
+        "tracefs",
+        "securityfs",
+        "bpf",
+        "configfs",
+        "fusectl",
+        "pstore",
+        "efivarfs",
+        "selinuxfs",
+        "smackfs",
+        "binfmt_misc",
+        "nsfs",
+    }
+)
+
+
+def _is_under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def kernel_mount_points(
+    infos: Sequence[MountInfo], kinds: frozenset[str] = KERNEL_FILESYSTEMS
+) -> list[str]:
+    """The mount points to detach so that no filesystem of ``kinds`` stays reachable.
+
+    Only the outermost ones: detaching a mount takes every mount below it along, including
+    mounts the kernel would refuse to detach on their own (locked ones, inherited from a
+    more privileged namespace). A point where another filesystem is stacked on top of a
+    kernel one is listed too (detaching removes the top one; the caller repeats until
+    nothing is left). Sorted, without duplicates.
+    """
+    points = sorted({info.mount_point for info in infos if info.fstype in kinds})
+    outermost: list[str] = []
+    for point in points:  # sorted: a parent comes before everything under it
+        if not any(_is_under(point, parent) for parent in outermost):
+            outermost.append(point)
+    return outermost
+
+
+def _read_mountinfo_fd(fd: int) -> list[MountInfo]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return parse_mountinfo(b"".join(chunks).decode("utf-8", "surrogateescape"))
+
+
+def hide_kernel_filesystems(kinds: frozenset[str] = KERNEL_FILESYSTEMS) -> list[str]:
+    """Detach (``umount2(MNT_DETACH)``) every mount of ``kinds`` in this mount namespace,
+    wherever it is mounted; returns the mount points detached.
+
+    For a process that runs untrusted code in-process with the filesystem as its only
+    interface to the host (a wasm guest with ``/`` preopened): without ``/proc`` it cannot
+    open ``/proc/self/mem`` or another process's files, without ``/sys`` nor the cgroupfs
+    the kernel's. The mount namespace must be the caller's own (a container's, not shared
+    with processes that need these filesystems); needs CAP_SYS_ADMIN in its user namespace.
+    Nothing in this process may need ``/proc`` afterwards (mountinfo is read through a
+    descriptor opened first, which stays valid once ``/proc`` is gone).
+
+    Raises:
+        ContainerError: a mount could not be detached (the caller must not run the
+            untrusted code then).
+    """
+    fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+    detached: list[str] = []
+    try:
+        for _ in range(64):
+            points = kernel_mount_points(_read_mountinfo_fd(fd), kinds)
+            if not points:
+                return detached
+            for point in points:
+                with step(f"detaching {point}"):
+                    try:
+                        _libc.umount2(point, _libc.MNT_DETACH)
+                    except FileNotFoundError:
+                        continue  # went with an earlier point (a symlinked mount point)
+                detached.append(point)
+    finally:
+        os.close(fd)
+    raise ContainerError("kernel filesystems still mounted after 64 rounds of detaching")
