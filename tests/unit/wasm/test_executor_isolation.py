@@ -1,0 +1,212 @@
+"""What the wasm workload does to its container's process before the guest runs (the
+kernel filesystems are detached, the shim's environment and the pod's other modules are
+dropped, the process is named after the module) and what the zygote keeps of a spawn
+request (nothing: its log context is the zygote's again afterwards).
+
+Anything that changes the process runs in a forked child.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from containerd_shim_wasm import executor
+from containerd_shim_wasm.context import RuntimeContext
+from containerd_shim_wasm.module_cache import ModuleCache
+from containerd_shim_wasm.sandbox import Sandbox
+from containerd_shim_wasm.shim import Shim
+from containerd_shimkit import logs, zygote
+from containerd_shimkit.container import ContainerSetup
+
+
+class AcceptAll(Sandbox):
+    def can_handle_blocking(self, ctx: RuntimeContext) -> None:
+        pass
+
+    async def run_wasi(self, ctx: RuntimeContext) -> int:
+        return 0
+
+
+class FakeShim(Shim):
+    @classmethod
+    def name(cls) -> str:
+        return "fake"
+
+    @classmethod
+    def sandbox(cls) -> type[Sandbox]:
+        return AcceptAll
+
+
+def _in_child(work: Callable[[], object]) -> object:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        code = 0
+        try:
+            payload = {"result": work()}
+        except BaseException:
+            payload, code = {"error": traceback.format_exc()}, 1
+        os.write(write_fd, json.dumps(payload).encode())
+        os._exit(code)
+    os.close(write_fd)
+    chunks = []
+    while chunk := os.read(read_fd, 65536):
+        chunks.append(chunk)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    payload = json.loads(b"".join(chunks))
+    assert "error" not in payload, payload["error"]
+    return payload["result"]
+
+
+def _setup(args: list[str], tmp_path: Path) -> ContainerSetup:
+    spec = {"process": {"args": args, "env": ["PATH=/usr/bin:/bin"]}}
+    return ContainerSetup("c1", tmp_path, spec, tmp_path)
+
+
+def test_a_wasm_container_hides_kernel_filesystems_after_dropping_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_hide() -> list[str]:
+        seen["env_at_hide"] = dict(os.environ)
+        seen["forgot_first"] = seen.get("forgot", False)
+        return ["/proc"]
+
+    def forget() -> None:
+        seen["forgot"] = True
+
+    def work() -> object:
+        os.environ["SHIM_TEST_SECRET"] = "leaked-from-the-shim"
+        value = os.environb[b"SHIM_TEST_SECRET"]
+        monkeypatch.setattr(executor, "hide_kernel_filesystems", fake_hide)
+        workload = executor.WasmWorkload(FakeShim, None, forget=forget)
+        workload.prepare(_setup(["/app/missing-module.wasm#run", "a"], tmp_path))
+        libc = ctypes.CDLL(None)
+        libc.getenv.restype = ctypes.c_char_p
+        return {
+            **seen,
+            "environ": dict(os.environ),
+            "getenv": libc.getenv(b"SHIM_TEST_SECRET"),
+            "value": value.decode(),
+            "comm": Path("/proc/self/comm").read_text().rstrip("\n"),
+        }
+
+    result = _in_child(work)
+    assert isinstance(result, dict)
+    assert result["env_at_hide"] == {} and result["forgot_first"] is True
+    assert result["environ"] == {} and result["getenv"] is None
+    assert result["value"] == "\0" * len("leaked-from-the-shim")  # zeroed before dropped
+    assert result["comm"] == "missing-module."  # the module file's name, 15 bytes
+
+
+def test_a_native_executable_keeps_its_kernel_filesystems(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def work() -> object:
+        def fail() -> list[str]:
+            raise AssertionError("a native container must keep /proc")
+
+        monkeypatch.setattr(executor, "hide_kernel_filesystems", fail)
+        os.environ["SHIM_TEST_KEEP"] = "1"
+        workload = executor.WasmWorkload(FakeShim, None)
+        workload.prepare(_setup(["/bin/true"], tmp_path))
+        return {"native": workload.native, "env": os.environ.get("SHIM_TEST_KEEP")}
+
+    assert _in_child(work) == {"native": True, "env": "1"}
+
+
+def test_a_failure_to_hide_fails_create(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def work() -> object:
+        def refuse() -> list[str]:
+            raise executor_error("detaching /proc: Invalid argument")
+
+        monkeypatch.setattr(executor, "hide_kernel_filesystems", refuse)
+        workload = executor.WasmWorkload(FakeShim, None)
+        try:
+            workload.prepare(_setup(["/m.wasm"], tmp_path))
+        except Exception as exc:
+            return str(exc)
+        return "prepared"
+
+    assert _in_child(work) == "detaching /proc: Invalid argument"
+
+
+def executor_error(message: str) -> Exception:
+    from containerd_shimkit.container import ContainerError
+
+    return ContainerError(message)
+
+
+def test_module_comm_drops_the_function_and_the_directory() -> None:
+    assert executor.module_comm(["/app/hello.wasm#run", "x"]) == "hello.wasm"
+    assert executor.module_comm(["hello.wat"]) == "hello.wat"
+    assert executor.module_comm([]) == ""
+
+
+# --- the zygote's log context ------------------------------------------------------------
+
+
+def _spawn_request(tmp_path: Path, cid: str) -> tuple[dict[str, Any], list[int]]:
+    (tmp_path / "config.json").write_text(json.dumps({"process": {"args": ["/m.wasm"]}}))
+    request = {"op": "spawn", "id": cid, "bundle": str(tmp_path), "rootfs": str(tmp_path)}
+    fds = [os.open("/dev/null", os.O_RDWR) for _ in range(4)]
+    return request, fds
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["spawned", "failed"])
+def test_the_zygote_keeps_no_container_id_after_a_spawn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool
+) -> None:
+    inside: list[tuple[str, str]] = []
+
+    def fake_spawn_init(*_: object, **__: object) -> int:
+        # What the helper and the init inherit at the fork.
+        inside.append((logs.instance_id.get(), logs.pod_id.get()))
+        if fails:
+            raise executor_error("no")
+        return 4242
+
+    monkeypatch.setattr(executor, "spawn_init", fake_spawn_init)
+    monkeypatch.setattr(zygote, "channel_fd", lambda: -1)
+    modules = ModuleCache(FakeShim)
+    pod_token = logs.pod_id.set("the-pod")
+    try:
+        for cid in ("first", "second"):
+            request, fds = _spawn_request(tmp_path, cid)
+            try:
+                if fails:
+                    with pytest.raises(Exception, match="no"):
+                        executor.spawn(FakeShim, modules, request, fds)
+                else:
+                    assert executor.spawn(FakeShim, modules, request, fds) == {"pid": 4242}
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            # The zygote's own lines: neither this container's id nor the previous one's.
+            assert (logs.instance_id.get(), logs.pod_id.get()) == ("", "the-pod")
+    finally:
+        logs.pod_id.reset(pod_token)
+    assert inside == [("first", "first"), ("second", "second")]
+
+
+def test_the_init_forgets_the_pods_other_modules(tmp_path: Path) -> None:
+    modules = ModuleCache(FakeShim)
+    modules._remember("other-digest", None)
+
+    def work() -> object:
+        executor._forgetter(modules)()
+        return len(modules._entries)
+
+    assert _in_child(work) == 0
+    assert "other-digest" in modules._entries  # the zygote's own cache is untouched
