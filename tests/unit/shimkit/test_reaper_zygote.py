@@ -145,3 +145,117 @@ async def test_identify_without_a_log_descriptor_is_refused() -> None:
     finally:
         zygote.close()
         os.waitpid(zygote.pid, 0)
+
+
+def _slow_factory() -> Any:
+    """Answers after ``delay`` seconds, with the value and a pid it pretends to have forked."""
+
+    def handle(request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        import time
+
+        time.sleep(request.get("delay", 0))
+        return {"echo": request["value"], "pid": request.get("pid", 0)}
+
+    return handle
+
+
+async def test_a_cancelled_request_never_leaves_its_reply_to_the_next() -> None:
+    # A Create cancelled by its deadline while the zygote forks: the zygote still answers,
+    # and the next request must get its own reply, not that one.
+    zygote = Zygote.fork(_slow_factory)
+    abandoned: list[dict[str, Any]] = []
+    try:
+        slow = asyncio.ensure_future(
+            zygote.request({"value": "first", "delay": 0.3, "pid": 4242}, (), abandoned.append)
+        )
+        await asyncio.sleep(0.05)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        for n in range(3):
+            assert (await zygote.request({"value": n}))["echo"] == n
+        # The abandoned reply went to its undo callback (which kills the forked init).
+        assert abandoned == [{"echo": "first", "pid": 4242}]
+    finally:
+        zygote.close()
+        os.waitpid(zygote.pid, 0)
+
+
+async def test_a_cancelled_caller_may_close_its_fds_at_once() -> None:
+    # The exchange sends duplicates: fds the cancelled caller closed (and numbers reused
+    # meanwhile) never reach the zygote in their place.
+    zygote = Zygote.fork(_handler_factory)
+    try:
+        busy = asyncio.ensure_future(zygote.request({"value": "x"}))
+        read_end, write_end = os.pipe()
+        os.write(write_end, b"the right pipe")
+        queued = asyncio.ensure_future(zygote.request({"value": "y"}, [read_end]))
+        await asyncio.sleep(0)
+        queued.cancel()
+        os.close(read_end)
+        other_read, other_write = os.pipe()  # likely reuses read_end's number
+        os.write(other_write, b"the wrong pipe")
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        await busy
+        # Had the cancelled request sent the reused number, its handler would have read
+        # this pipe (and this request would block reading it).
+        reply = await asyncio.wait_for(zygote.request({"value": "z"}, [other_read]), 5)
+        assert reply["data"] == "the wrong pipe"
+        for fd in (write_end, other_read, other_write):
+            os.close(fd)
+    finally:
+        zygote.close()
+        os.kill(zygote.pid, signal.SIGKILL)
+        os.waitpid(zygote.pid, 0)
+
+
+_REPLACEMENT = """
+import sys
+from containerd_shimkit.zygote import serve_inherited
+from tests.unit.shimkit.test_reaper_zygote import _handler_factory
+sys.exit(serve_inherited(_handler_factory))
+"""
+
+
+async def test_a_dead_zygote_is_replaced_by_the_restart_command() -> None:
+    restarts: list[int] = []
+
+    def restart() -> list[str]:
+        restarts.append(1)
+        return [sys.executable, "-c", _REPLACEMENT]
+
+    zygote = Zygote.fork(_handler_factory, restart=restart)
+    first = zygote.pid
+    os.kill(first, signal.SIGKILL)
+    os.waitpid(first, 0)
+    try:
+        reply = await zygote.request({"value": 1})
+        assert reply["echo"] == 1 and reply["pid"] == zygote.pid != first
+        assert restarts == [1]
+        assert (await zygote.request({"value": 2}))["pid"] == zygote.pid  # and it stays
+        with open(f"/proc/{zygote.pid}/cmdline", "rb") as f:
+            assert b"serve_inherited" in f.read()
+    finally:
+        zygote.close()
+        os.waitpid(zygote.pid, 0)
+
+
+async def test_a_zygote_dying_mid_request_fails_that_request_and_is_replaced() -> None:
+    def restart() -> list[str]:
+        return [sys.executable, "-c", _REPLACEMENT]
+
+    zygote = Zygote.fork(_slow_factory, restart=restart)
+    first = zygote.pid
+    try:
+        pending = asyncio.ensure_future(zygote.request({"value": 1, "delay": 5}))
+        await asyncio.sleep(0.1)
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(ZygoteError, match="exited while handling"):
+            await pending
+        os.waitpid(first, 0)
+        assert (await zygote.request({"value": 2}))["echo"] == 2
+        assert zygote.pid != first
+    finally:
+        zygote.close()
+        os.waitpid(zygote.pid, 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,13 +19,24 @@ from containerd_shimkit.errors import (
 from containerd_shimkit.task.service import GO_ZERO_TIME_SECONDS, TaskService
 from containerd_shimkit.testing import InstanceStub, RecordingSink
 
+#: Bundles must exist (Create checks): a directory per test, set by ``_reset_stub``.
+BUNDLES = Path("/nonexistent")
+
 
 @pytest.fixture(autouse=True)
-def _reset_stub() -> Iterator[None]:
+def _reset_stub(tmp_path: Path) -> Iterator[None]:
+    global BUNDLES
+    BUNDLES = tmp_path
     InstanceStub.instances.clear()
     InstanceStub.fail_on = ""
     yield
     InstanceStub.fail_on = ""
+
+
+def bundle_of(id: str) -> str:
+    path = BUNDLES / id
+    path.mkdir(exist_ok=True)
+    return str(path)
 
 
 def make_service() -> tuple[TaskService, RecordingSink, list[bool]]:
@@ -41,7 +53,7 @@ def make_service() -> tuple[TaskService, RecordingSink, list[bool]]:
 
 
 async def create(service: TaskService, id: str = "c1", **kw: object) -> shim_pb2.CreateTaskResponse:
-    return await service.create(shim_pb2.CreateTaskRequest(id=id, bundle=f"/b/{id}", **kw))  # type: ignore[arg-type]
+    return await service.create(shim_pb2.CreateTaskRequest(id=id, bundle=bundle_of(id), **kw))  # type: ignore[arg-type]
 
 
 async def test_full_lifecycle_publishes_events_in_order() -> None:
@@ -93,13 +105,56 @@ async def test_delete_after_create_without_start() -> None:
         await service.state(shim_pb2.StateRequest(id="c1"))
 
 
-async def test_shutdown_is_ignored_while_containers_remain() -> None:
+async def test_shutdown_is_ignored_while_containers_remain_even_with_now() -> None:
+    # runc's shim ignores ``now`` while it has tasks: exiting would destroy them.
     service, _, idle = make_service()
     await create(service)
+    await service.start(shim_pb2.StartRequest(id="c1"))
     await service.shutdown(shim_pb2.ShutdownRequest())
+    await service.shutdown(shim_pb2.ShutdownRequest(now=True))
     assert idle == []
+    assert service.tasks["c1"].instance is InstanceStub.instances["c1"]
+    await service.kill(shim_pb2.KillRequest(id="c1", signal=9))
+    await service.wait(shim_pb2.WaitRequest(id="c1"))
+    await service.delete(shim_pb2.DeleteRequest(id="c1"))
     await service.shutdown(shim_pb2.ShutdownRequest(now=True))
     assert idle == [True]
+
+
+@pytest.mark.parametrize(
+    ("id", "message"),
+    [
+        ("", "must not be empty"),
+        ("../../x", "is invalid"),
+        ("a/b", "is invalid"),
+        ("a..b", "is invalid"),
+        ("-a", "is invalid"),
+        ("x" * 5000, "characters long"),
+        ("x" * 77, "characters long"),
+    ],
+)
+async def test_create_refuses_ids_containerd_refuses(id: str, message: str) -> None:
+    service, sink, _ = make_service()
+    with pytest.raises(InvalidArgument, match=message):
+        await service.create(shim_pb2.CreateTaskRequest(id=id, bundle=bundle_of("ok")))
+    assert InstanceStub.instances == {} and sink.events == []
+
+
+async def test_create_accepts_containerd_ids() -> None:
+    service, _, _ = make_service()
+    for id in ("a", "x" * 76, "pod_1.web-2", "0abc"):
+        await service.create(shim_pb2.CreateTaskRequest(id=id, bundle=bundle_of(id[:20])))
+    assert len(service.tasks) == 4
+
+
+@pytest.mark.parametrize("bundle", ["", "relative/dir", ".", "{tmp}/a/../a", "{tmp}/missing"])
+async def test_create_refuses_bad_bundles_before_touching_anything(bundle: str) -> None:
+    service, sink, _ = make_service()
+    bundle_of("a")
+    bundle = bundle.format(tmp=BUNDLES)
+    with pytest.raises(InvalidArgument, match="bundle"):
+        await service.create(shim_pb2.CreateTaskRequest(id="c1", bundle=bundle))
+    assert InstanceStub.instances == {} and sink.events == [] and service.tasks == {}
 
 
 async def test_kill_signals_and_exit_is_128_plus_signal() -> None:
@@ -165,7 +220,7 @@ async def test_failed_delete_keeps_the_container_for_a_retry() -> None:
 async def test_runtime_options_reach_the_instance() -> None:
     service, _, _ = make_service()
     options = runtimeoptions_pb2.Options(config_body=b"SystemdCgroup = true\nFoo = 1\n")
-    request = shim_pb2.CreateTaskRequest(id="c1", bundle="/b")
+    request = shim_pb2.CreateTaskRequest(id="c1", bundle=bundle_of("c1"))
     request.options.type_url = "runtimeoptions.v1.Options"
     request.options.value = options.SerializeToString()
     await service.create(request)
@@ -176,7 +231,7 @@ async def test_runtime_options_reach_the_instance() -> None:
 
 async def test_unknown_options_type_is_invalid_argument() -> None:
     service, _, _ = make_service()
-    request = shim_pb2.CreateTaskRequest(id="c1", bundle="/b")
+    request = shim_pb2.CreateTaskRequest(id="c1", bundle=bundle_of("c1"))
     request.options.type_url = "containerd.runc.v1.Options"
     with pytest.raises(InvalidArgument, match=r"runtimeoptions\.v1\.Options"):
         await service.create(request)

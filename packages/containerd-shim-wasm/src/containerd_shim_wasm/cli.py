@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
     from containerd_shimkit import CleanupRequest
+    from containerd_shimkit.zygote import Handler
 
     from .shim import Shim
     from .shim_config import Config
@@ -40,12 +41,21 @@ class ShimCli:
             import logging
 
             from containerd_shimkit import Zygote
+            from containerd_shimkit.cli import zygote_command
 
             from .executor import zygote_factory
             from .instance import WasmInstance
 
             level = logging.getLogger().level
-            WasmInstance.zygote = Zygote.fork(lambda: zygote_factory(shim, level))
+            WasmInstance.zygote = Zygote.fork(
+                lambda: zygote_factory(shim, level), restart=zygote_command
+            )
+
+        def zygote_handler(level: int) -> Handler:
+            # A replacement zygote, exec'd after the daemon's first one died.
+            from .executor import zygote_factory
+
+            return zygote_factory(shim, level)
 
         async def identify_daemon(argv: list[str]) -> None:
             # A spare daemon forked its zygote before it knew its pod: pass it on.
@@ -89,5 +99,6 @@ class ShimCli:
                 setup_logging=setup_logging,
                 warm=warm,
                 identify_daemon=identify_daemon,
+                zygote_handler=zygote_handler,
             )
         )

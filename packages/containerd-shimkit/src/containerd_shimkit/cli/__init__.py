@@ -7,12 +7,19 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    from .daemon import zygote_command
     from .delete import CleanupHook, CleanupRequest
     from .main import ShimSpec, run
 
-_LAZY = {"CleanupHook": "delete", "CleanupRequest": "delete", "ShimSpec": "main", "run": "main"}
+_LAZY = {
+    "CleanupHook": "delete",
+    "CleanupRequest": "delete",
+    "ShimSpec": "main",
+    "run": "main",
+    "zygote_command": "daemon",
+}
 
-__all__ = ["CleanupHook", "CleanupRequest", "ShimSpec", "run"]
+__all__ = ["CleanupHook", "CleanupRequest", "ShimSpec", "run", "zygote_command"]
 
 
 def __getattr__(name: str) -> object:

@@ -22,6 +22,8 @@ from .start import LISTENER_FD, group_of
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
+    from ..task.service import TaskService
+    from ..ttrpc import Service
     from .main import ShimSpec
 
 #: How long to wait for the Shutdown answer to reach containerd before closing.
@@ -56,9 +58,39 @@ def import_daemon_modules() -> None:
     from ..task import events, service  # noqa: F401
 
 
-def main_serve(flags: Flags, spec: ShimSpec) -> int:
+#: The daemon's command line (program and identifying flags) and pod id, once known: a
+#: replacement zygote is started with them (:func:`zygote_command`).
+_identity: list[str] = []
+
+
+def zygote_command() -> list[str]:
+    """The command line of a replacement zygote: the shim binary, the daemon's flags, the
+    ``zygote`` action and the pod id (see :class:`containerd_shimkit.Zygote`)."""
+    from .main import ZYGOTE_ACTION
+
+    if len(_identity) < 2:
+        raise RuntimeError("the daemon does not know its identity yet")
+    *argv, pod = _identity
+    return [*argv, ZYGOTE_ACTION, pod]
+
+
+def main_zygote(flags: Flags, spec: ShimSpec) -> int:
+    """The ``zygote`` action: a replacement zygote serving on the inherited fd 3."""
+    from .. import logs
+    from ..zygote import serve_inherited
+
+    build = spec.zygote_handler
+    if build is None or len(flags.rest) != 1:
+        sys.stderr.write("the zygote action needs a shim with a zygote and a pod id\n")
+        return 2
+    level = logs.level_from(flags.debug, spec.default_log_level)
+    logs.pod_id.set(flags.rest[0])
+    return serve_inherited(lambda: build(level))
+
+
+def main_serve(flags: Flags, spec: ShimSpec, program: str) -> int:
     """Run the daemon until Shutdown (with no containers left) or SIGTERM."""
-    _take_identity(flags, spec)
+    _take_identity(flags, spec, program)
     _prepare(spec)
     return _run(_serve(flags, spec))
 
@@ -73,15 +105,21 @@ def main_spare(control: socket.socket, spec: ShimSpec) -> int:
     return _run(_serve_when_handed_over(control, spec))
 
 
-def _take_identity(flags: Flags, spec: ShimSpec) -> None:
-    """The log FIFO of the bundle (the cwd) on fd 2, the log level and the pod id."""
+def _take_identity(flags: Flags, spec: ShimSpec, program: str) -> None:
+    """The log FIFO of the bundle (the cwd) on fd 2, the log level and the pod id; then
+    leave the bundle: containerd removes it with the first container, and nothing may be
+    resolved against it for the pod's other containers."""
     from .. import logs
+    from .flags import to_argv
 
     bundle = Path.cwd()
     open_log(bundle)
     if spec.setup_logging:
         logs.setup(logs.level_from(flags.debug, spec.default_log_level))
-    logs.pod_id.set(group_of(str(bundle), flags.id))
+    pod = group_of(str(bundle), flags.id)
+    logs.pod_id.set(pod)
+    _identity[:] = [program, *to_argv(flags), pod]
+    os.chdir("/")
 
 
 def _prepare(spec: ShimSpec) -> None:
@@ -139,7 +177,7 @@ async def _serve_when_handed_over(control: socket.socket, spec: ShimSpec) -> int
         return 0
     argv = adopt_request(request, fds[0])
     flags = parse(argv[1:])
-    _take_identity(flags, spec)
+    _take_identity(flags, spec, argv[0])
     if spec.identify_daemon is not None:
         try:
             await spec.identify_daemon(argv)
@@ -151,6 +189,44 @@ async def _serve_when_handed_over(control: socket.socket, spec: ShimSpec) -> int
             log = logging.getLogger("containerd_shimkit.daemon")
             log.exception("cannot pass the pod's identity to the spare's helper processes")
     return await _serve(flags, spec)
+
+
+class SocketPath:
+    """The daemon's socket path, unlinked at most once and only while it is still ours.
+
+    After this daemon accepted Shutdown a ``start`` may bind a new daemon at the same path;
+    removing that one's file would cut containerd off from it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._inode = _inode(path) if path else 0
+
+    def release(self) -> None:
+        """Unlink the path if it still names this daemon's socket (idempotent)."""
+        if self._inode and _inode(self.path) == self._inode:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        self._inode = 0
+
+
+def _inode(path: str) -> int:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return 0
+
+
+def _start_service(service: TaskService) -> Service:
+    """``start``'s own service on the daemon's socket (see ``TaskService.reserve``)."""
+    from ..api import shim_pb2
+    from ..ttrpc import Method, Service
+    from .start import RESERVE_METHOD, START_SERVICE
+
+    method = Method(
+        RESERVE_METHOD, shim_pb2.ConnectRequest, shim_pb2.ConnectResponse, service.reserve
+    )
+    return Service(START_SERVICE, {RESERVE_METHOD: method})
 
 
 def _listener(flags: Flags) -> socket.socket:
@@ -177,9 +253,14 @@ async def _serve(flags: Flags, spec: ShimSpec) -> int:
     loop = asyncio.get_running_loop()
     REAPER.install(loop)
     stop = asyncio.Event()
+    listener = _listener(flags)
+    path = listener.getsockname()
+    socket_path = SocketPath(path if isinstance(path, str) else "")
 
     def on_idle() -> None:
-        # Let the Shutdown answer go out before the listener closes.
+        # Shutdown accepted: from now on no ``start`` may find this daemon at its path
+        # (the next one binds a new daemon there), then let the answer go out and stop.
+        socket_path.release()
         loop.call_later(SHUTDOWN_GRACE, stop.set)
 
     ttrpc_address = os.environ.get("TTRPC_ADDRESS", "")
@@ -197,10 +278,9 @@ async def _serve(flags: Flags, spec: ShimSpec) -> int:
         [
             Service.from_descriptor(shim_pb2.DESCRIPTOR.services_by_name["Task"], service),
             Service.from_descriptor(shim_v3_pb2.DESCRIPTOR.services_by_name["Task"], service),
+            _start_service(service),
         ]
     )
-    listener = _listener(flags)
-    path = listener.getsockname()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     serving = loop.create_task(server.serve(listener))
@@ -220,9 +300,7 @@ async def _serve(flags: Flags, spec: ShimSpec) -> int:
     await asyncio.gather(serving, return_exceptions=True)
     await publisher.flush()
     await publisher.close()
-    if isinstance(path, str) and path:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    socket_path.release()
     log.info("shim exiting")
     sys.stderr.flush()
     return 0

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
     from ..task.instance import Instance
+    from ..zygote import Handler
     from .delete import CleanupHook
 
 
@@ -33,6 +34,9 @@ class ShimSpec:
             module, the engine). Setting it turns on the template
             (:mod:`containerd_shimkit.cli.template`), which runs it once per containerd and
             then forks pre-warmed daemons for new pods.
+        zygote_handler: builds the request handler of a replacement zygote (given the log
+            level), in a process started by exec with the ``zygote`` action after the
+            daemon's zygote died (see :class:`containerd_shimkit.Zygote`).
         identify_daemon: awaited in a daemon that was started before it knew its pod (the
             template's spare), once it does and before it serves: pass the identity on to
             the processes ``prepare_daemon`` forked (:meth:`Zygote.identify`). Gets the
@@ -54,6 +58,7 @@ class ShimSpec:
         setup_logging: bool = True,
         warm: Callable[[], None] | None = None,
         identify_daemon: Callable[[list[str]], Awaitable[None]] | None = None,
+        zygote_handler: Callable[[int], Handler] | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -64,9 +69,14 @@ class ShimSpec:
         self.setup_logging = setup_logging
         self.warm = warm
         self.identify_daemon = identify_daemon
+        self.zygote_handler = zygote_handler
 
     def __repr__(self) -> str:
         return f"ShimSpec(name={self.name!r})"
+
+
+#: The action of a replacement zygote (never used by containerd).
+ZYGOTE_ACTION = "zygote"
 
 
 def version_text(spec: ShimSpec, program: str) -> str:
@@ -127,9 +137,13 @@ def run(spec: ShimSpec, argv: list[str] | None = None) -> NoReturn:
         from .template import main_template
 
         sys.exit(main_template(flags, spec, program))
+    if flags.action == ZYGOTE_ACTION:
+        from .daemon import main_zygote
+
+        sys.exit(main_zygote(flags, spec))
     if flags.action:
         sys.stderr.write(f"{os.path.basename(program)}: unknown action {flags.action!r}\n")
         sys.exit(2)
     from .daemon import main_serve
 
-    sys.exit(main_serve(flags, spec))
+    sys.exit(main_serve(flags, spec, program))

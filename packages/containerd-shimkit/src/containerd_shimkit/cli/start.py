@@ -70,22 +70,75 @@ def socket_address(
     return f"unix://{socket_dir}/{digest}"
 
 
-def _alive(path: str) -> bool:
+#: The daemon's own ttrpc service for ``start`` (containerd never calls it).
+START_SERVICE = "containerd.shimkit.v1.Start"
+#: ``Reserve(ConnectRequest{id})``: keeps the daemon from exiting until that container's
+#: Create arrives; refused once the daemon has accepted Shutdown.
+RESERVE_METHOD = "Reserve"
+#: How long ``start`` waits for a live daemon's answer.
+RESERVE_TIMEOUT = 5.0
+#: The google.rpc code of a daemon that has accepted Shutdown.
+_UNAVAILABLE = 14
+
+#: What :func:`reserve` found at a socket path.
+RESERVED, CLOSING, DEAD = "reserved", "closing", "dead"
+
+
+def reserve(path: str, container_id: str) -> str:
+    """Ask the daemon listening on ``path`` to hold itself for ``container_id``'s Create.
+
+    ``RESERVED``: it will serve the Create (or it predates reservations, or it is too busy
+    to say: it is alive, and nothing else can bind its path). ``CLOSING``: it accepted
+    Shutdown and has unlinked its path already. ``DEAD``: nothing listens there.
+    """
+    from .wire import WireError, decode_ttrpc_status, encode_ttrpc_request, field_bytes
+
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(0.1)
+    probe.settimeout(RESERVE_TIMEOUT)
     try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
+        try:
+            probe.connect(path)
+        except OSError:
+            return DEAD
+        payload = field_bytes(1, container_id)  # ConnectRequest{id}
+        try:
+            probe.sendall(encode_ttrpc_request(1, START_SERVICE, RESERVE_METHOD, payload))
+            answer = _read_frame(probe)
+        except TimeoutError:
+            return RESERVED
+        except OSError:
+            return CLOSING  # it closed the connection: on its way out
+        try:
+            _, code, _ = decode_ttrpc_status(answer)
+        except WireError:
+            return RESERVED
+        return CLOSING if code == _UNAVAILABLE else RESERVED
     finally:
         probe.close()
 
 
-def bind_or_reuse(path: str) -> socket.socket | None:
-    """Bind and listen on ``path``; return ``None`` when a live daemon already serves it."""
+def _read_frame(sock: socket.socket) -> bytes:
+    data = b""
+    while len(data) < 10 or len(data) < 10 + int.from_bytes(data[:4], "big"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionResetError(errno.ECONNRESET, "closed")
+        data += chunk
+    return data
+
+
+def _inode(path: str) -> int:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return 0
+
+
+def bind_or_reuse(path: str, container_id: str = "") -> socket.socket | None:
+    """Bind and listen on ``path``; return ``None`` when a live daemon already serves it
+    and has reserved itself for ``container_id``'s Create (see :func:`reserve`)."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    for _ in range(3):
+    for _ in range(5):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
@@ -93,13 +146,18 @@ def bind_or_reuse(path: str) -> socket.socket | None:
             sock.close()
             if exc.errno != errno.EADDRINUSE:
                 raise StartError(f"cannot bind shim socket {path}: {exc.strerror}") from exc
-            if _alive(path):
+            inode = _inode(path)
+            found = reserve(path, container_id)
+            if found == RESERVED:
                 return None
-            # A dead daemon's socket file: containerd's shims remove it and bind again.
-            try:  # noqa: SIM105 - contextlib is an import start/delete skip
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            if found == DEAD and inode and _inode(path) == inode:
+                # A dead daemon's socket file (containerd's shims remove it and bind again);
+                # only that file: another start may have bound a new one meanwhile.
+                try:  # noqa: SIM105 - contextlib is an import start/delete skip
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            # CLOSING: the daemon unlinked its path before refusing; bind again.
             continue
         os.chmod(path, 0o600)
         sock.listen(128)
@@ -156,7 +214,7 @@ def start(
     bundle = os.getcwd()
     address = socket_address(flags.address, flags.namespace, group_of(bundle, flags.id), socket_dir)
     path = address.removeprefix("unix://")
-    listener = bind_or_reuse(path)
+    listener = bind_or_reuse(path, flags.id)
     if listener is not None:
         launch_daemon(flags, listener, program, template)
     write_address(bundle, address)

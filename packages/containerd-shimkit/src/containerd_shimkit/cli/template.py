@@ -505,6 +505,6 @@ def _become_daemon(
 
         argv = adopt_request(request, listener)
         os.closerange(LISTENER_FD + 1, 1 << 16)
-        return main_serve(parse(argv[1:]), spec)
+        return main_serve(parse(argv[1:]), spec, argv[0])
 
     _in_child(sockets, pidfd, daemon)

@@ -109,6 +109,40 @@ def iter_fields(data: bytes) -> list[tuple[int, int, int | bytes]]:
     return fields
 
 
+#: ttrpc frame types (see :mod:`containerd_shimkit.ttrpc.framing`).
+TTRPC_REQUEST, TTRPC_RESPONSE = 1, 2
+TTRPC_HEADER_LENGTH = 10
+
+
+def encode_ttrpc_request(stream_id: int, service: str, method: str, payload: bytes) -> bytes:
+    """One ttrpc Request frame: the 10-byte header, then ``ttrpc.Request``."""
+    body = field_bytes(1, service) + field_bytes(2, method) + field_bytes(3, payload)
+    header = len(body).to_bytes(4, "big") + stream_id.to_bytes(4, "big")
+    return header + bytes((TTRPC_REQUEST, 0)) + body
+
+
+def decode_ttrpc_status(frame: bytes) -> tuple[int, int, str]:
+    """``(stream id, status code, status message)`` of one ttrpc Response frame.
+
+    Raises:
+        WireError: not a whole Response frame.
+    """
+    if len(frame) < TTRPC_HEADER_LENGTH or frame[8] != TTRPC_RESPONSE:
+        raise WireError("not a ttrpc response frame")
+    length = int.from_bytes(frame[:4], "big")
+    if len(frame) != TTRPC_HEADER_LENGTH + length:
+        raise WireError("truncated ttrpc response frame")
+    code, message = 0, ""
+    for number, _, value in iter_fields(frame[TTRPC_HEADER_LENGTH:]):
+        if number == 1 and isinstance(value, bytes):  # google.rpc.Status
+            for n, _, v in iter_fields(value):
+                if n == 1 and isinstance(v, int):
+                    code = v
+                elif n == 2 and isinstance(v, bytes):
+                    message = v.decode(errors="replace")
+    return int.from_bytes(frame[4:8], "big"), code, message
+
+
 class BootstrapParams:
     """The fields of ``BootstrapParams`` a shim uses (a plain class: no ``dataclasses``
     import on the ``start`` path)."""

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,14 @@ from google.protobuf import empty_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ..api import events_pb2, shim_pb2, task_types_pb2
-from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
+from ..errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    Unimplemented,
+)
 from ..logs import container_context
 from .events import EventSink
 from .instance import (
@@ -67,6 +75,43 @@ def timestamp(when: datetime | None) -> Timestamp:
     return ts
 
 
+#: containerd's identifier rule (``pkg/identifiers``): alphanumerics separated by single
+#: ``.``, ``_`` or ``-``, at most 76 characters.
+_ID_PATTERN = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
+MAX_ID_LENGTH = 76
+
+
+def validate_id(id: str) -> None:
+    """Refuse a container id containerd itself would refuse (it names paths and cgroups)."""
+    if not id:
+        raise InvalidArgument("container id must not be empty")
+    if len(id) > MAX_ID_LENGTH:
+        raise InvalidArgument(
+            f"container id {id[:20]!r}… is {len(id)} characters long (at most {MAX_ID_LENGTH})"
+        )
+    if not _ID_PATTERN.fullmatch(id):
+        raise InvalidArgument(
+            f"container id {id!r} is invalid: it must be letters and digits separated by "
+            "single '.', '_' or '-'"
+        )
+
+
+def validate_bundle(bundle: str) -> None:
+    """Refuse a bundle that is not an absolute, normalised path to a directory.
+
+    A relative one would be resolved against the daemon's working directory, never what
+    containerd meant (runc refuses it too).
+    """
+    if not bundle or not os.path.isabs(bundle) or os.path.normpath(bundle) != bundle:
+        raise InvalidArgument(f"bundle {bundle!r} must be an absolute, normalised path")
+    if not os.path.isdir(bundle):
+        raise InvalidArgument(f"bundle {bundle} is not a directory")
+
+
+#: How long a ``start``'s reservation holds the daemon for the Create it announced.
+RESERVATION_SECONDS = 60.0
+
+
 class TaskService:
     """Implements every Task RPC as ``async def <rpc_snake_case>(request, ctx)``."""
 
@@ -89,6 +134,12 @@ class TaskService:
         self.tasks: dict[str, TaskRecord] = {}
         # Creates in flight count as "holding a container" for Shutdown.
         self._creating: set[str] = set()
+        # Containers a ``start`` has promised this daemon to, by id: their Creates are on
+        # their way, so they hold the daemon as well (until the deadline, monotonic time).
+        self._reserved: dict[str, float] = {}
+        #: Shutdown was accepted: the daemon is on its way out and takes nothing new.
+        self.closing = False
+        self._shutdown_deferred = False
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -132,6 +183,8 @@ class TaskService:
                 raise InvalidArgument("terminal (tty) is not supported by this shim")
             if request.checkpoint or request.parent_checkpoint:
                 raise Unimplemented("checkpoint/restore is not supported by this shim")
+            validate_id(id)
+            validate_bundle(request.bundle)
             if id in self.tasks or id in self._creating:
                 raise AlreadyExists(f"container {id!r} already exists in this shim")
             options = decode_options(request.options.type_url, request.options.value)
@@ -148,11 +201,19 @@ class TaskService:
                 options=options,
                 ttrpc_address=self.ttrpc_address,
             )
+            if self.closing:
+                raise Unavailable("this shim is shutting down; containerd starts a new one")
             self._creating.add(id)
+            self._reserved.pop(id, None)
             try:
                 instance = await self.instance_type.new(id, config)
-            finally:
+            except BaseException:
                 self._creating.discard(id)
+                self._shutdown_if_idle()
+                raise
+            self._creating.discard(id)
+            # Its Delete will bring containerd's next Shutdown.
+            self._shutdown_deferred = False
             pid = instance.pid if isinstance(instance, HasPid) else 0
             record = TaskRecord(
                 id=id,
@@ -379,8 +440,52 @@ class TaskService:
     async def shutdown(
         self, request: shim_pb2.ShutdownRequest, ctx: object = None
     ) -> empty_pb2.Empty:
-        """Exit the shim, but only once it holds no containers (or when ``now``)."""
-        if request.now or not (self.tasks or self._creating):
-            log.info("shutting down: no containers left")
-            self.on_idle()
+        """Exit the shim once it holds no containers.
+
+        ``now`` does not override that (as in runc's shim): a shim that exits under running
+        containers destroys them, and nothing containerd sends may do that.
+        """
+        if self._holding():
+            if request.now:
+                log.warning("Shutdown(now) ignored: containers are still present")
+            self._shutdown_deferred = True
+            return Empty()
+        self._close()
         return Empty()
+
+    async def reserve(
+        self, request: shim_pb2.ConnectRequest, ctx: object = None
+    ) -> shim_pb2.ConnectResponse:
+        """``start``'s handshake (``containerd.shimkit.v1.Start/Reserve``): hold the daemon
+        for container ``request.id``, whose Create containerd sends next.
+
+        Without it a ``start`` that found this daemon alive could hand containerd the
+        address of a daemon that a concurrent Shutdown (the pod's last container deleted)
+        is about to take down. A daemon that has accepted Shutdown answers UNAVAILABLE,
+        having unlinked its socket path, so ``start`` binds a new daemon there.
+        """
+        if self.closing:
+            raise Unavailable("this shim is shutting down")
+        loop = asyncio.get_running_loop()
+        self._reserved[request.id] = loop.time() + RESERVATION_SECONDS
+        loop.call_later(RESERVATION_SECONDS + 0.01, self._shutdown_if_idle)
+        return shim_pb2.ConnectResponse(shim_pid=os.getpid())
+
+    def _holding(self) -> bool:
+        """Whether the daemon holds a container, a Create in flight or a live reservation."""
+        if self._reserved:
+            now = asyncio.get_running_loop().time()
+            self._reserved = {id: t for id, t in self._reserved.items() if t > now}
+        return bool(self.tasks or self._creating or self._reserved)
+
+    def _shutdown_if_idle(self) -> None:
+        """Carry out a Shutdown that came while a Create or reservation held the daemon
+        and, as it turned out, no container stayed (a failed Create, a start that never
+        came back): containerd will not send another."""
+        if self._shutdown_deferred and not self.closing and not self._holding():
+            self._close()
+
+    def _close(self) -> None:
+        log.info("shutting down: no containers left")
+        self.closing = True
+        self.on_idle()
