@@ -116,14 +116,50 @@ def test_v1_unmounted_controller_is_an_error(v1_tree: FakeTree) -> None:
         cg.update({"hugepageLimits": [{"pageSize": "2MB", "limit": 0}]})
 
 
-def test_create_failure_cleans_up(v1_tree: FakeTree, fake_rmdir: None) -> None:
+def _kernel_like_mkdir(tree: FakeTree, monkeypatch: pytest.MonkeyPatch, cg: Cgroup) -> None:
+    """Make ``cg``'s directories appear with their control files when created, as on
+    cgroupfs (a fake tree cannot do that by itself)."""
+    real_make = type(cg)._make
+
+    def make(self: Cgroup, path: Path) -> None:
+        if not path.is_dir():
+            keys = {k: p for k, p in self.paths.items() if p == path}
+            tree.populate(type(self)(self.mode, keys, self.root))
+        real_make(self, path)
+
+    monkeypatch.setattr(type(cg), "_make", make)
+
+
+def test_create_reports_whether_it_made_the_cgroup(
+    v1_tree: FakeTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cg = Cgroup.for_container("/new", "c", systemd=False, root=v1_tree.root)
+    _kernel_like_mkdir(v1_tree, monkeypatch, cg)
+    assert cg.create(None) is True
+    assert Cgroup.for_container("/new", "c", systemd=False, root=v1_tree.root).create() is False
+
+
+def test_create_failure_removes_what_it_made(
+    v1_tree: FakeTree, fake_rmdir: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cg = Cgroup.for_container("/c", "c", systemd=False, root=v1_tree.root)
+    _kernel_like_mkdir(v1_tree, monkeypatch, cg)
+    with pytest.raises(CgroupError, match=r"cpu\.rt_runtime_us|hugetlb|not available"):
+        cg.create({"hugepageLimits": [{"pageSize": "2MB", "limit": 0}]})
+    assert not any(p.exists() for p in cg.paths.values())
+    assert (v1_tree.root / "memory").is_dir()
+
+
+def test_create_failure_leaves_an_existing_cgroup_in_place(
+    v1_tree: FakeTree, fake_rmdir: None
+) -> None:
+    # ``ctr run --cgroup /shared``: the cgroup was there before, maybe with processes in it.
     cg = Cgroup.for_container("/c", "c", systemd=False, root=v1_tree.root)
     v1_tree.populate(cg)
     (cg.paths["memory"] / "memory.limit_in_bytes").unlink()
     with pytest.raises(CgroupError, match=r"memory\.limit_in_bytes"):
         cg.create({"memory": {"limit": MiB}})
-    assert not any(p.exists() for p in cg.paths.values())
-    assert (v1_tree.root / "memory").is_dir()
+    assert all(p.is_dir() for p in cg.paths.values())
 
 
 def test_einval_period_is_retried_after_quota(v1_tree: FakeTree) -> None:

@@ -1,7 +1,8 @@
 """The ``delete`` action's hook: clean up what a crashed daemon left behind.
 
 Light on purpose: it runs for every container. It kills what is still running in the
-container's cgroup, removes the cgroup and the state file, and the socket of a daemon that
+container's cgroup and removes the cgroup (when the container's Create made it; in a shared
+cgroup only the container's init is killed), removes the state file, and the socket of a daemon that
 died without removing it; the toolkit unmounts the rootfs.
 """
 
@@ -59,6 +60,8 @@ def cleanup(request: CleanupRequest) -> int:
     if not state:
         return 0
     remove_dead_socket(request.bundle)
+    pid = state.get("pid", 0)
+    pid = pid if isinstance(pid, int) else 0
     cgroup_state = state.get("cgroup")
     if cgroup_state:
         import contextlib
@@ -67,10 +70,18 @@ def cleanup(request: CleanupRequest) -> int:
         from containerd_shimkit.container.cgroups import Cgroup, CgroupNotFoundError
 
         cgroup = Cgroup.from_state(cgroup_state)
-        # Already gone (the daemon deleted it before dying): still remove the state file.
-        with contextlib.suppress(CgroupNotFoundError):
-            cgroup.kill_all(signal.SIGKILL)
-        cgroup.delete()
+        # A state file of an older shim has no "cgroup_owned": it always made the cgroup.
+        if state.get("cgroup_owned", True):
+            # Already gone (the daemon deleted it before dying): still remove the state file.
+            with contextlib.suppress(CgroupNotFoundError):
+                cgroup.kill_all(signal.SIGKILL)
+            cgroup.delete()
+        elif pid > 0:
+            # A cgroup the container shared (``ctr run --cgroup``): kill only its own init
+            # (its pid namespace takes the rest), and only while the pid is still in that
+            # cgroup, not a recycled pid.
+            with contextlib.suppress(OSError):
+                if pid in cgroup.pids():
+                    os.kill(pid, signal.SIGKILL)
     remove_state(request.bundle)
-    pid = state.get("pid", 0)
-    return pid if isinstance(pid, int) else 0
+    return pid

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -36,7 +37,12 @@ from containerd_shimkit.container import (
     resolve_rootfs,
     unmount_rootfs,
 )
-from containerd_shimkit.container.cgroups import Cgroup, is_systemd_cgroups_path, prime_attach
+from containerd_shimkit.container.cgroups import (
+    Cgroup,
+    CgroupNotFoundError,
+    is_systemd_cgroups_path,
+    prime_attach,
+)
 
 from .context import WasmLayer, env_path
 from .fdio import write_all
@@ -73,21 +79,29 @@ def memory_limit(spec: dict[str, Any]) -> int | None:
 
 
 class _Undo:
-    """Cleanup steps of a half-created container, run in reverse on failure."""
+    """Cleanup steps of a half-created container, run in reverse on failure.
+
+    Steps marked ``blocking`` (cgroup work, which retries with sleeps while processes
+    drain) run in a worker thread, off the event loop that serves the pod's other
+    containers.
+    """
 
     def __init__(self) -> None:
-        self.steps: list[tuple[str, Any]] = []
+        self.steps: list[tuple[str, Callable[[], object], bool]] = []
 
-    def push(self, what: str, step: Any) -> None:
-        self.steps.append((what, step))
+    def push(self, what: str, step: Callable[[], object], *, blocking: bool = False) -> None:
+        self.steps.append((what, step, blocking))
 
-    def run(self) -> None:
-        for what, step in reversed(self.steps):
+    async def run(self) -> None:
+        steps, self.steps = self.steps[::-1], []
+        for what, step, blocking in steps:
             try:
-                step()
+                if blocking:
+                    await asyncio.to_thread(step)
+                else:
+                    step()
             except Exception as exc:
                 log.warning("cleanup step failed", extra={"step": what, "error": str(exc)})
-        self.steps.clear()
 
 
 class WasmInstance:
@@ -102,6 +116,9 @@ class WasmInstance:
         self.spec = spec
         self.rootfs = resolve_rootfs(config.bundle, spec)
         self.cgroup: Cgroup | None = None
+        #: Whether Create made the cgroup: only then is it emptied and removed with the
+        #: container (a cgroup given by ``ctr run --cgroup`` may hold other processes).
+        self.owns_cgroup = False
         self.mounted = False
         self._pid = 0
         self._channel: socket.socket | None = None
@@ -122,7 +139,8 @@ class WasmInstance:
         try:
             await self._create()
         except BaseException:
-            self._undo.run()
+            # Shielded: a Create cancelled again (its caller's deadline) must still undo.
+            await asyncio.shield(self._undo.run())
             raise
         return self
 
@@ -146,16 +164,14 @@ class WasmInstance:
         systemd = config.options.systemd_cgroup or is_systemd_cgroups_path(cgroups_path)
         self.cgroup = Cgroup.for_container(cgroups_path, self.id, systemd=systemd)
         try:
-            self.cgroup.create(linux.get("resources"))
+            self.owns_cgroup = self.cgroup.create(linux.get("resources"))
         except OSError as exc:
             raise FailedPrecondition(f"cannot create the cgroup: {exc}") from exc
-        cgroup = self.cgroup
         # The init is moved into the cgroup a few ms from now: let the kernel's wait for
         # that run meanwhile (see prime_attach). Fire and forget: it never raises.
         asyncio.get_running_loop().run_in_executor(None, prime_attach)
-        # Undone in reverse: kill what is in the cgroup first, then remove it.
-        self._undo.push("delete cgroup", cgroup.delete)
-        self._undo.push("kill cgroup", lambda: cgroup.kill_all(signal.SIGKILL))
+        if self.owns_cgroup:
+            self._undo.push("remove cgroup", self._remove_cgroup, blocking=True)
         self._save_state()
         self._undo.push("remove state", lambda: remove_state(bundle))
         await self._spawn()
@@ -166,6 +182,7 @@ class WasmInstance:
             self.config.bundle,
             {
                 "cgroup": self.cgroup.to_state() if self.cgroup else None,
+                "cgroup_owned": self.owns_cgroup,
                 "rootfs": str(self.rootfs),
                 "mounted": self.mounted,
                 "pid": self._pid,
@@ -177,7 +194,7 @@ class WasmInstance:
         try:
             if self.config.stdin:
                 self._stdin = StdinRelay(self.config.stdin)
-                self._undo.push("close stdin", self._stdin.close)
+                self._undo.push("close stdin", self._stdin.discard)
                 fds.append(self._stdin.read_end)
             else:
                 fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
@@ -185,7 +202,8 @@ class WasmInstance:
             fds.append(open_output(self.config.stderr))
         except OSError as exc:
             for fd in fds:
-                os.close(fd)
+                if self._stdin is None or fd != self._stdin.read_end:  # the undo closes it
+                    os.close(fd)
             raise InvalidArgument(f"cannot open stdio {exc.filename}: {exc.strerror}") from exc
         return fds
 
@@ -219,7 +237,9 @@ class WasmInstance:
             "module": len(layer_fds) > len(layers),
         }
         try:
-            reply = await zygote.request(request, [*fds, theirs.fileno(), *layer_fds])
+            reply = await zygote.request(
+                request, [*fds, theirs.fileno(), *layer_fds], on_abandoned=_kill_abandoned
+            )
         except ZygoteError as exc:
             raise InvalidArgument(f"cannot create container {self.id}: {exc}") from exc
         finally:
@@ -325,6 +345,21 @@ class WasmInstance:
             raise FailedPrecondition(f"cannot start container {self.id}: {message['error']}")
         return self._pid
 
+    def _remove_cgroup(self) -> None:
+        """Kill what the workload left in the cgroup Create made, and remove it.
+
+        The init is PID 1 of its own pid namespace, so its death took its descendants; the
+        sweep catches processes of a container that shares the host's pid namespace. A
+        cgroup that is already gone (removed by hand, or by a crashed daemon's ``delete``)
+        is fine: Delete must not fail forever over it.
+        """
+        assert self.cgroup is not None
+        try:
+            self.cgroup.kill_all(signal.SIGKILL)
+        except CgroupNotFoundError:
+            return
+        self.cgroup.delete()
+
     def _kill_pid(self, sig: int) -> None:
         if self._exit is not None and not self._exit.done():
             with contextlib.suppress(ProcessLookupError):
@@ -333,8 +368,10 @@ class WasmInstance:
     async def kill(self, signal: int, all: bool = False) -> None:
         if self._exit is None or self._exit.done():
             raise NotFound("process already finished")
-        if all and self.cgroup is not None:
-            self.cgroup.kill_all(signal)
+        if all and self.owns_cgroup and self.cgroup is not None:
+            # Every process of the container: only in a cgroup of its own (in a shared one
+            # that would hit its neighbours; the init's pid namespace takes its own).
+            await asyncio.to_thread(self.cgroup.kill_all, signal)
         else:
             self._kill_pid(signal)
 
@@ -353,9 +390,9 @@ class WasmInstance:
             await asyncio.wait_for(asyncio.shield(self._exit), 10)
         if self._stdin is not None:
             self._stdin.close()
-        if self.cgroup is not None:
-            self.cgroup.kill_all(signal.SIGKILL)  # anything the workload left behind
-            self.cgroup.delete()
+        if self.owns_cgroup:
+            await asyncio.to_thread(self._remove_cgroup)
+            self.owns_cgroup = False
         if self.mounted:
             unmount_rootfs(self.rootfs)
             self.mounted = False
@@ -406,6 +443,12 @@ def module_in_rootfs(rootfs: Path, arg0: str, envs: list[str]) -> Path | None:
             if resolved.is_relative_to(rootfs.resolve()):
                 return resolved
     return None
+
+
+def _kill_abandoned(reply: dict[str, Any]) -> None:
+    """A Create cancelled while the zygote forked its init: that init belongs to nobody."""
+    with contextlib.suppress(ProcessLookupError, KeyError, ValueError):
+        os.kill(int(reply["pid"]), signal.SIGKILL)  # the daemon (subreaper) reaps it
 
 
 def layer_memfd(layer: WasmLayer) -> int:

@@ -121,6 +121,14 @@ class StdinRelay:
         if self._loop is not None and self._fifo >= 0:
             self._loop.remove_reader(self._fifo)
 
+    def discard(self) -> None:
+        """Close everything, ``read_end`` too: the container never took its copy (a failed
+        Create)."""
+        self.close()
+        if self.read_end >= 0:
+            os.close(self.read_end)
+            self.read_end = -1
+
     def close(self) -> None:
         """Stop relaying and close everything (the container sees EOF on fd 0)."""
         self._stop_reading()

@@ -559,23 +559,32 @@ class Cgroup:
 
     # lifecycle
 
-    def create(self, resources: Mapping[str, Any] | None = None) -> None:
+    def create(self, resources: Mapping[str, Any] | None = None) -> bool:
         """Create the directories in every hierarchy and apply OCI ``linux.resources``.
 
-        Existing directories are reused. On failure the container's directories are removed
-        again (best effort) and the error is raised.
+        Existing directories are reused (``ctr run --cgroup``, a pod's shared cgroup).
+        Returns whether this call created the container's cgroup (its primary directory):
+        only a cgroup made for the container may be emptied and removed with it. On
+        failure the directories this call made are removed again (best effort) and the
+        error is raised.
         """
+        made: list[Path] = []
         try:
             for path in self._dirs():
-                self._make(path)
+                existed = path.is_dir()
+                self._make(path)  # also for an existing one: v1 cpuset needs its values
+                if not existed:
+                    made.append(path)
             if resources:
                 self.update(resources)
         except BaseException:
-            try:
-                self.delete()
-            except OSError as exc:
-                log.warning("cgroups: cleanup after failed create: %s", exc)
+            for path in reversed(made):
+                try:
+                    _remove_tree(path)
+                except OSError as exc:
+                    log.warning("cgroups: cleanup after failed create: %s", exc)
             raise
+        return self._primary() in made
 
     def _make(self, path: Path) -> None:
         try:
