@@ -68,8 +68,12 @@ def _in_child(work: Callable[[], object]) -> object:
     return payload["result"]
 
 
-def _setup(args: list[str], tmp_path: Path) -> ContainerSetup:
-    spec = {"process": {"args": args, "env": ["PATH=/usr/bin:/bin"]}}
+def _setup(args: list[str], tmp_path: Path, mount_ns: str | None = "") -> ContainerSetup:
+    """A container with a new mount namespace (``mount_ns=""``), another container's
+    (a path) or none (None)."""
+    spec: dict[str, Any] = {"process": {"args": args, "env": ["PATH=/usr/bin:/bin"]}}
+    if mount_ns is not None:
+        spec["linux"] = {"namespaces": [{"type": "mount", "path": mount_ns}]}
     return ContainerSetup("c1", tmp_path, spec, tmp_path)
 
 
@@ -140,6 +144,25 @@ def test_a_failure_to_hide_fails_create(tmp_path: Path, monkeypatch: pytest.Monk
         return "prepared"
 
     assert _in_child(work) == "detaching /proc: Invalid argument"
+
+
+@pytest.mark.parametrize("mount_ns", ["/proc/4242/ns/mnt", None], ids=["joined", "host"])
+def test_a_wasm_guest_never_runs_in_a_shared_mount_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mount_ns: str | None
+) -> None:
+    def work() -> object:
+        def fail() -> list[str]:
+            raise AssertionError("another container's /proc must stay")
+
+        monkeypatch.setattr(executor, "hide_kernel_filesystems", fail)
+        workload = executor.WasmWorkload(FakeShim, None)
+        try:
+            workload.prepare(_setup(["/m.wasm"], tmp_path, mount_ns))
+        except Exception as exc:
+            return str(exc)
+        return "prepared"
+
+    assert "needs a mount namespace of its own" in str(_in_child(work))
 
 
 def executor_error(message: str) -> Exception:

@@ -25,12 +25,15 @@ from typing import Any
 
 from containerd_shimkit import logs, proctitle, zygote
 from containerd_shimkit.container import (
+    ContainerError,
     ContainerSetup,
     exec_native,
     hide_kernel_filesystems,
     is_native_executable,
     spawn_init,
 )
+from containerd_shimkit.container import namespaces as linux_namespaces
+from containerd_shimkit.container import spec as oci_spec
 from containerd_shimkit.container.cgroups import Cgroup
 from containerd_shimkit.zygote import Handler
 
@@ -178,15 +181,22 @@ class WasmWorkload:
                 f"cannot run {args[0] if args else '(no args)'!r}: {exc} "
                 "(args[0] must be a wasm module or a native executable in the container)"
             ) from exc
-        self.seal(args)
+        self.seal(setup, args)
 
-    def seal(self, args: list[str]) -> None:
+    def seal(self, setup: ContainerSetup, args: list[str]) -> None:
         """Cut the guest off from this process before it can run (see the class docstring).
 
         Raises:
-            ContainerError: a kernel filesystem could not be detached; Create fails rather
-                than run the guest with it.
+            ContainerError: the mount namespace is another container's (detaching its
+                kernel filesystems would take them from that container's processes too), or a
+                kernel filesystem could not be detached: Create fails rather than run the
+                guest with them.
         """
+        if not linux_namespaces.is_new(oci_spec.namespaces(setup.spec), "mount"):
+            raise ContainerError(
+                "a wasm container needs a mount namespace of its own: its kernel filesystems "
+                "(/proc, /sys) are detached before the guest runs"
+            )
         with contextlib.suppress(OSError):  # cosmetic; the init already shows the args
             proctitle.set_comm(module_comm(args))
         forget_host_environment()
