@@ -224,18 +224,22 @@ def test_a_wasm_container_process_has_its_own_title(env: Env) -> None:
 
 
 def test_zygote_lines_after_two_containers_carry_the_right_ids(env: Env) -> None:
-    """The zygote's log records of the second container's request (it compiles another
-    module) name that container, never the first one; both containers' init lines name
-    their own container."""
+    """Two containers grouped into one daemon by ``io.containerd.runc.v2.group``: the
+    zygote's records of the second container's request (it compiles another module) name
+    that container, never the first one; each init's records name its own container and the
+    daemon's group as pod (the daemon's own lines' pod), not a container id."""
     group = env.new_id("logpod")
     first, second = env.new_id("first"), env.new_id("second")
-    _run_ok(env, PROBE, first, "/demo.wasm", "echo", "x", opts=_pod(group))
+    opts = ("--annotation", f"io.containerd.runc.v2.group={group}")
+    _run_ok(env, PROBE, first, "/demo.wasm", "echo", "x", opts=opts)
     mark = len(env.ctd.log_text().splitlines())
-    _run_ok(env, PROBE, second, "/probe.wasm", opts=_pod(group))
+    _run_ok(env, PROBE, second, "/probe.wasm", opts=opts)
     later = env.ctd.log_text().splitlines()[mark:]
     from_zygote = [ln for ln in later if "the module for this pod" in ln]
     assert from_zygote and all(f"instance={second}" in ln for ln in from_zygote), later
+    assert all(f"pod={group}" in ln for ln in from_zygote), from_zygote
     assert not [ln for ln in later if f"instance={first}" in ln], later
     detached = [ln for ln in env.ctd.log_text().splitlines() if "filesystems detached" in ln]
-    assert any(f"instance={first}" in ln for ln in detached), detached
-    assert any(f"instance={second}" in ln for ln in detached), detached
+    for cid in (first, second):
+        lines = [ln for ln in detached if f"instance={cid}" in ln]
+        assert lines and all(f"pod={group}" in ln for ln in lines), detached

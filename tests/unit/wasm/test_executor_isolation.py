@@ -220,7 +220,29 @@ def test_the_zygote_keeps_no_container_id_after_a_spawn(
             assert (logs.instance_id.get(), logs.pod_id.get()) == ("", "the-pod")
     finally:
         logs.pod_id.reset(pod_token)
-    assert inside == [("first", "first"), ("second", "second")]
+    # The pod is the zygote's (its daemon's group), not the last container's.
+    assert inside == [("first", "the-pod"), ("second", "the-pod")]
+
+
+def test_a_zygote_never_told_its_pod_names_the_container(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inside: list[tuple[str, str]] = []
+
+    def fake_spawn_init(*_: object, **__: object) -> int:
+        inside.append((logs.instance_id.get(), logs.pod_id.get()))
+        return 1
+
+    monkeypatch.setattr(executor, "spawn_init", fake_spawn_init)
+    monkeypatch.setattr(zygote, "channel_fd", lambda: -1)
+    request, fds = _spawn_request(tmp_path, "lonely")
+    try:
+        executor.spawn(FakeShim, ModuleCache(FakeShim), request, fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert inside == [("lonely", "lonely")]
+    assert (logs.instance_id.get(), logs.pod_id.get()) == ("", "")
 
 
 def test_the_init_forgets_the_pods_other_modules(tmp_path: Path) -> None:

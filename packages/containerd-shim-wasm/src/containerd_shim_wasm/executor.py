@@ -324,7 +324,10 @@ def spawn(
         stdout=fds[1],
         stderr=fds[2],
     )
-    pod = (spec.get("annotations") or {}).get(SANDBOX_ID_ANNOTATION) or request["id"]
+    # The zygote's pod id is its daemon's (the group the daemon serves, as on the daemon's
+    # own lines); the annotation and the container id are for a zygote that was never told.
+    annotated = (spec.get("annotations") or {}).get(SANDBOX_ID_ANNOTATION)
+    pod = logs.pod_id.get() or annotated or request["id"]
     # For this request only: the helper and the init inherit them at the fork (their log
     # records carry the ids), the zygote's later lines must not.
     instance_token, pod_token = logs.instance_id.set(request["id"]), logs.pod_id.set(pod)
