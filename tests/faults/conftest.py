@@ -299,6 +299,13 @@ class FaultEnv(Env):
         self.start_containerd()
 
 
+def _shim_dirs() -> list[Path]:
+    """``$FAULTS_SHIM_DIR``: a directory with another build's ``containerd-shim-wasmtime-v1``
+    to run the suite against (e.g. an older commit, to see a test fail on its bug)."""
+    value = os.environ.get("FAULTS_SHIM_DIR", "").strip()
+    return [Path(value)] if value else []
+
+
 @pytest.fixture(scope="module")
 def faults(
     containerd_binaries: ContainerdBinaries, tmp_path_factory: pytest.TempPathFactory
@@ -308,7 +315,7 @@ def faults(
     tmp = tmp_path_factory.mktemp("faults")
     with PrivateContainerd(
         containerd_binaries,
-        extra_path=[Path(sys.executable).parent],
+        extra_path=[*_shim_dirs(), Path(sys.executable).parent],
         log_path=tmp / "containerd.log",
     ) as ctd:
         for archive in (

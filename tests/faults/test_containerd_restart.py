@@ -2,9 +2,11 @@
 
 As with runc's shim: the shims outlive containerd; after the restart containerd reconnects
 to them (the bundle's ``address``), a container still running is RUNNING and can be killed
-and deleted, and a container that exited during the outage is STOPPED with the exit status
-it had (here 0 for a guest that returned, 137 for one SIGKILLed from the host), however
-its exit event fared while nobody listened. Nothing is left afterwards.
+and deleted, and a container that exited during the outage is, on containerd 1.6, STOPPED
+with the exit status it had (here 0 for a guest that returned, 137 for one SIGKILLed from
+the host), however its exit event fared while nobody listened; containerd 1.7 and 2.x
+delete such a task themselves when they reload it (runc's too), so there it may be gone.
+Nothing is left afterwards.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ def _wait_dead(pid: int, timeout: float) -> None:
 
 
 def _status_after_restart(env: FaultEnv, cid: str, want: str, timeout: float = 15.0) -> str:
-    """Poll ``ctr task ls`` until ``cid`` is ``want`` (containerd may still be loading)."""
+    """Poll ``ctr task ls`` until ``cid`` is ``want`` or gone; that status (``"None"``)."""
     deadline = time.monotonic() + timeout
-    while (status := env.task_status(cid)) != want and time.monotonic() < deadline:
+    while (status := env.task_status(cid)) not in (want, None) and time.monotonic() < deadline:
         time.sleep(0.1)
     return str(status)
 
@@ -64,10 +66,15 @@ def test_containers_survive_a_containerd_restart(faults: FaultEnv, sig: signal.S
         faults.start_containerd()
 
         assert _status_after_restart(faults, running, "RUNNING") == "RUNNING"
-        assert _status_after_restart(faults, returns, "STOPPED") == "STOPPED"
-        assert _status_after_restart(faults, killed, "STOPPED") == "STOPPED"
-        assert faults.delete_task(returns) == 0
-        assert faults.delete_task(killed) == 137
+        for cid, code in ((returns, 0), (killed, 137)):
+            status = _status_after_restart(faults, cid, "STOPPED")
+            if status == "None" and (faults.ctd.major, faults.ctd.binaries.minor) >= (1, 7):
+                # containerd 1.7+ deletes a task that exited while it was down itself, as
+                # "a leaked shim process" (with runc too); ctr's fifo dir stays behind.
+                faults.remove_ctr_fifos(cid)
+                continue
+            assert status == "STOPPED", f"{cid}: {status} after the restart\n{faults.log(cid)}"
+            assert faults.delete_task(cid) == code, cid
 
         kill = faults.ctr("task", "kill", running)  # SIGTERM
         assert kill.returncode == 0, f"{kill.stderr}\n{faults.log(running)}"

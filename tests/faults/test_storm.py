@@ -10,6 +10,7 @@ file descriptors as before (RSS is reported, not asserted).
 
 from __future__ import annotations
 
+import subprocess
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
@@ -32,7 +33,12 @@ def _storm(env: FaultEnv, group: str, prefix: str) -> list[str]:
     ids = [env.new_id(f"{prefix}{i}") for i in range(RUNS)]
 
     def one(cid: str) -> str | None:
-        result = env.run(HELLO, cid, "/demo.wasm", "echo", cid, opts=env.group_opts(group))
+        try:
+            result = env.run(
+                HELLO, cid, "/demo.wasm", "echo", cid, opts=env.group_opts(group), timeout=60
+            )
+        except subprocess.TimeoutExpired:
+            return f"{cid}: ctr run did not return in 60s"
         if (result.returncode, result.stdout) == (0, f"{cid}\n"):
             return None
         return f"{cid}: exit {result.returncode}, stdout {result.stdout!r}: {result.stderr.strip()}"
@@ -57,6 +63,7 @@ def _storm(env: FaultEnv, group: str, prefix: str) -> list[str]:
         if cid in ids:
             env.ctr("task", "delete", "--force", cid)
             env.ctr("containers", "delete", cid)
+            env.remove_ctr_fifos(cid)  # ctr leaves it on its error paths (with runc too)
     return failures
 
 
