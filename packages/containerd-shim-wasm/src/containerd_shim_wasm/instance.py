@@ -410,11 +410,12 @@ class WasmInstance:
 
     async def pause(self) -> None:
         assert self.cgroup is not None
-        self.cgroup.freeze()
+        # Freezing waits (up to FREEZE_TIMEOUT) for the kernel: not on the pod's loop.
+        await asyncio.to_thread(self.cgroup.freeze)
 
     async def resume(self) -> None:
         assert self.cgroup is not None
-        self.cgroup.thaw()
+        await asyncio.to_thread(self.cgroup.thaw)
 
     async def update(self, resources: dict[str, Any]) -> None:
         assert self.cgroup is not None
