@@ -5,18 +5,21 @@ container just went) while the next container's ``start`` finds or binds the pod
 every one of the 100 must still run and exit 0 (the runc shim gets this right), and once
 all are gone no daemon, socket or anything else of the pod is left. With a long-lived
 container the daemon stays up through the storm, and must come out of it holding as many
-file descriptors as before (RSS is reported, not asserted).
+file descriptors as before (RSS is reported, not asserted). And a daemon SIGKILLed in the
+middle of a storm costs at most the runs in flight.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import pytest
 
-from tests.support.containerd import SHIM_SOCKET_DIR, shim_socket_name
+from tests.support.containerd import SHIM_SOCKET_DIR, process_alive, shim_socket_name
 
 from .conftest import HELLO, NAMESPACE, FaultEnv, fd_count, note, record, rss_kib
 
@@ -31,21 +34,9 @@ STORM_TIMEOUT = 100.0
 def _storm(env: FaultEnv, group: str, prefix: str) -> list[str]:
     """``RUNS`` containers of ``group``, ``IN_FLIGHT`` at a time; one line per failure."""
     ids = [env.new_id(f"{prefix}{i}") for i in range(RUNS)]
-
-    def one(cid: str) -> str | None:
-        try:
-            result = env.run(
-                HELLO, cid, "/demo.wasm", "echo", cid, opts=env.group_opts(group), timeout=60
-            )
-        except subprocess.TimeoutExpired:
-            return f"{cid}: ctr run did not return in 60s"
-        if (result.returncode, result.stdout) == (0, f"{cid}\n"):
-            return None
-        return f"{cid}: exit {result.returncode}, stdout {result.stdout!r}: {result.stderr.strip()}"
-
     started = time.monotonic()
     with ThreadPoolExecutor(IN_FLIGHT) as pool:
-        futures = [pool.submit(one, cid) for cid in ids]
+        futures = [pool.submit(_run_one, env, group, cid) for cid in ids]
         done, pending = wait(futures, timeout=STORM_TIMEOUT, return_when=FIRST_EXCEPTION)
         for f in pending:
             f.cancel()
@@ -57,27 +48,93 @@ def _storm(env: FaultEnv, group: str, prefix: str) -> list[str]:
         f"storm {prefix}: {RUNS} runs, {IN_FLIGHT} in flight, "
         f"{len(failures)} failed, {elapsed:.1f}s"
     )
-    # Failed runs may leave their container record (ctr run --rm removes it only on success).
+    _clean_failed(env, failures)
+    return failures
+
+
+def _run_one(env: FaultEnv, group: str, cid: str) -> str | None:
+    """``ctr run --rm`` one quick container of ``group``; None, or what went wrong."""
+    try:
+        result = env.run(
+            HELLO, cid, "/demo.wasm", "echo", cid, opts=env.group_opts(group), timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        return f"{cid}: ctr run did not return in 60s"
+    if (result.returncode, result.stdout) == (0, f"{cid}\n"):
+        return None
+    return f"{cid}: exit {result.returncode}, stdout {result.stdout!r}: {result.stderr.strip()}"
+
+
+def _clean_failed(env: FaultEnv, failures: list[str]) -> None:
+    """Failed runs may leave their container record (``ctr run --rm`` removes it only on
+    success) and ctr's fifo dir (ctr leaves it on its error paths, with runc too)."""
     for failure in failures:
         cid = failure.split(":", 1)[0]
-        if cid in ids:
+        if cid in env.ids:
             env.ctr("task", "delete", "--force", cid)
             env.ctr("containers", "delete", cid)
-            env.remove_ctr_fifos(cid)  # ctr leaves it on its error paths (with runc too)
-    return failures
+            env.remove_ctr_fifos(cid)
+
+
+def _assert_pod_gone(env: FaultEnv, group: str) -> None:
+    """The pod's daemon goes once its last container is gone, and its socket with it."""
+    sock = SHIM_SOCKET_DIR / shim_socket_name(str(env.ctd.address), NAMESPACE, group)
+    deadline = time.monotonic() + 10
+    while (env.shim_pids().daemons or sock.exists()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not env.shim_pids().daemons, f"daemons left: {env.shim_pids()}"
+    assert not sock.exists(), f"the pod's socket {sock} is left"
 
 
 def test_storm_without_a_long_lived_container(faults: FaultEnv) -> None:
     group = faults.new_id("storm-grp")
     failures = _storm(faults, group, "st")
     assert not failures, f"{len(failures)} of {RUNS} runs failed:\n" + "\n".join(failures[:10])
-    # The pod's daemon goes once its last container is gone.
-    sock = SHIM_SOCKET_DIR / shim_socket_name(str(faults.ctd.address), NAMESPACE, group)
-    deadline = time.monotonic() + 10
-    while (faults.shim_pids().daemons or sock.exists()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not faults.shim_pids().daemons, f"daemons left: {faults.shim_pids()}"
-    assert not sock.exists(), f"the pod's socket {sock} is left"
+    _assert_pod_gone(faults, group)
+    record("survived")
+
+
+def test_storm_survives_its_daemon_being_killed(faults: FaultEnv) -> None:
+    """SIGKILL the pod's daemon in the middle of a storm (no long-lived container): the
+    runs in flight may fail (as with runc), every run started after the daemon is dead
+    gets a new daemon and exits 0, and nothing of the pod is left afterwards."""
+    runs, kill_after = 40, 10
+    group = faults.new_id("stormk-grp")
+    ids = [faults.new_id(f"stk{i}") for i in range(runs)]
+
+    def timed(cid: str) -> tuple[float, str | None]:
+        return time.monotonic(), _run_one(faults, group, cid)
+
+    victims: list[int] = []
+    dead_at = float("inf")
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
+        futures = [pool.submit(timed, cid) for cid in ids]
+        deadline = time.monotonic() + STORM_TIMEOUT
+        while time.monotonic() < deadline and not victims:
+            if sum(f.done() for f in futures) >= kill_after:
+                victims = faults.shim_pids().daemons
+            time.sleep(0.005)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        while any(process_alive(pid) for pid in victims) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        dead_at = time.monotonic()
+        done, pending = wait(futures, timeout=max(1.0, deadline - time.monotonic()))
+    results = [f.result() for f in done]
+    failures = [r for _, r in results if r is not None]
+    late = [r for t, r in results if r is not None and t > dead_at]
+    after = sum(1 for t, _ in results if t > dead_at)
+    _clean_failed(faults, failures)
+    note(
+        f"storm with a daemon kill: {runs} runs, {len(failures) - len(late)} in flight failed, "
+        f"{after} started after the kill, {len(late)} of them failed"
+    )
+    record("storm_failures", len(late) + len(pending))
+    assert victims, "no daemon of the pod found to kill"
+    assert not pending, f"{len(pending)} runs not done after {STORM_TIMEOUT}s"
+    assert after > 0, "every run started before the daemon died: nothing was tested"
+    assert not late, f"{len(late)} runs started after the kill failed:\n" + "\n".join(late[:10])
+    _assert_pod_gone(faults, group)
     record("survived")
 
 
