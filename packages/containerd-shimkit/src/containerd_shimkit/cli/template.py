@@ -2,8 +2,9 @@
 
 Starting a daemon means starting Python and importing asyncio, protobuf, the Task service,
 the shim's Instance and its engine: ~300 ms, paid by the first container of every pod. The
-template pays that once per containerd: ``start`` asks it (over an abstract unix socket) to
-fork a daemon, which then only has to set itself up (cwd, environment, fds, logs) and serve.
+template pays that once per containerd: ``start`` asks it (over a unix socket next to
+containerd's own, see :func:`template_name`) to fork a daemon, which then only has to set
+itself up (cwd, environment, fds, logs) and serve.
 
 Lifecycle:
 
@@ -12,8 +13,12 @@ Lifecycle:
 - The template watches containerd (the ``start`` action's parent, through a pidfd) and exits
   when it does, after :data:`IDLE_SECONDS` without a request, on SIGTERM, or when a module it
   loaded changed on disk (an upgraded shim must not keep serving old code).
-- One template per shim binary and containerd address: a second one cannot bind the name
-  and exits. Only a peer with the template's own uid is served (``SO_PEERCRED``).
+- One template per shim binary and containerd address: it holds a lock (``flock`` on
+  ``<socket>.lock``) from before its imports until it exits, and a second one, which cannot
+  take the lock, exits at once. The lock's holder removes a dead template's socket file
+  before it binds its own, and both files when it exits. Only a peer with the template's own
+  uid is served, and ``start`` hands its listener only to a template of its own uid
+  (``SO_PEERCRED``).
 
 Forked daemons are children of the template (which reaps them) instead of being re-parented
 to init; their command line is rewritten to the daemon's (:mod:`containerd_shimkit.proctitle`).
@@ -76,9 +81,22 @@ def enabled() -> bool:
 
 
 def template_name(program: str, address: str) -> str:
-    """The template's abstract socket name for this shim binary and containerd."""
+    """Where the template for this shim binary and containerd listens: a socket file in the
+    directory of containerd's socket (``/run/containerd/shim-template-<hash>`` for the
+    default address).
+
+    Not an abstract socket name: any local user in the host's network namespace could bind
+    that first and keep every new pod on the slow path. containerd's directory is writable
+    by containerd's user only (the template checks, see :func:`_claim`), the very user that
+    runs the shim, so nobody else can take this path.
+    """
     key = f"{os.path.realpath(program)}\0{address}".encode()
-    return f"\0containerd-shim-template-{sha256_hex(key)[:32]}"
+    # dirname, not a fixed directory: the hash only tells shim binaries and containerds in
+    # one directory apart, and ``start`` must not stat anything more than before.
+    directory = os.path.dirname(address.removeprefix("unix://"))
+    if not directory.startswith("/"):
+        return ""  # no directory to trust (containerd always passes an absolute path)
+    return f"{directory}/shim-template-{sha256_hex(key)[:16]}"
 
 
 # --------------------------------------------------------------------------- client
@@ -103,8 +121,9 @@ def fork_from_template(flags: Flags, listener: _socket.socket, program: str) -> 
         try:
             conn.connect(template_name(program, flags.address))
             if _peer(conn)[1] != os.geteuid():
-                # Abstract names are first come, first served: whoever listens there must be
-                # us before it gets the listener (it would serve containerd) or our env.
+                # Only our own user can bind in containerd's directory, but should that
+                # directory be open to others, whoever listens there must be us before it
+                # gets the listener (it would serve containerd) or our environment.
                 return None
             send_request(conn, request, listener.fileno())
         except OSError:
@@ -200,11 +219,22 @@ def main_template(flags: Flags, spec: ShimSpec, program: str) -> int:
         pidfd = os.pidfd_open(watched)
     except (IndexError, ValueError, OSError):
         return 2
+    path = template_name(program, flags.address)
+    if not path:
+        return 0
+    # Before the imports, so that the templates a burst of first pods spawns do not all
+    # import everything only to find another one serving.
+    lock = _claim(path)
+    if lock is None:
+        return 0  # another template serves this containerd (or its directory is unsafe)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        server.bind(template_name(program, flags.address))
+        server.bind(path)
+        os.chmod(path, 0o600)
     except OSError:
-        return 0  # another template serves this containerd
+        server.close()
+        _release(path, lock)
+        return 0
     from .daemon import import_daemon_modules
 
     import_daemon_modules()
@@ -216,6 +246,9 @@ def main_template(flags: Flags, spec: ShimSpec, program: str) -> int:
     import gc
 
     gc.freeze()  # keep the collector from un-sharing the template's pages in daemons
+    # A plain SIGTERM would skip the cleanup: the socket and lock files would stay. Not
+    # earlier: the children ``warm`` may fork must not inherit the handler.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     # Only now: until the template is warm, connecting is refused and start execs a daemon
     # (instead of waiting here for the imports).
     server.listen(16)
@@ -223,7 +256,67 @@ def main_template(flags: Flags, spec: ShimSpec, program: str) -> int:
     if flags.publish_binary:
         spare_argv += ["-publish-binary", flags.publish_binary]
     spare_argv += [ACTION, "spare"]  # until handed over (then the daemon's own)
-    return _Server(server, pidfd, spec, loaded, spare_argv).serve()
+    return _Server(server, pidfd, spec, loaded, spare_argv, path, lock).serve()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    sys.exit(0)  # unwinds through _Server.serve, which removes the template's files
+
+
+def _claim(path: str) -> int | None:
+    """Become the only template for ``path``: the locked descriptor of ``<path>.lock``, or
+    None when another live template holds it or the directory is unsafe.
+
+    A socket file at ``path`` then belongs to a dead template (a live one holds the lock from
+    before it binds until after it unlinks) and is removed. The lock, not a probe of the
+    socket, tells them apart: a live template binds at once but listens only once warm, so
+    until then its socket refuses connections like a dead one's.
+    """
+    import contextlib
+    import fcntl
+    import stat
+
+    directory = os.path.dirname(path)
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        return None  # another user could create the path first: no template here
+    lock_path = f"{path}.lock"
+    for _ in range(3):
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = os.fstat(fd)
+            current = os.stat(lock_path)
+        except OSError:  # BlockingIOError: another template holds it
+            os.close(fd)
+            if not os.path.exists(lock_path):
+                continue  # removed meanwhile by its exiting holder: try a fresh one
+            return None
+        if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # a dead template's socket
+            return fd
+        # The previous holder unlinked this file as it exited, after we opened it: the lock
+        # is on a file nobody else will open. Lock the one at the path now.
+        os.close(fd)
+    return None
+
+
+def _release(path: str, lock: int) -> None:
+    """Remove the template's socket and lock files, then let the lock go (in that order: a
+    newer template, which takes the lock only after this, finds neither)."""
+    import contextlib
+
+    for name in (path, f"{path}.lock"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+    os.close(lock)
 
 
 class _Spare:
@@ -254,11 +347,15 @@ class _Server:
         spec: ShimSpec,
         loaded: dict[str, int],
         spare_argv: list[str],
+        path: str | None = None,
+        lock: int | None = None,
     ) -> None:
         import select
         import time
 
         self.server = server
+        self.path = path
+        self.lock = lock
         self.pidfd = pidfd
         self.spec = spec
         self.loaded = loaded
@@ -281,6 +378,9 @@ class _Server:
             # Free the name at once: the start that found this template stale spawns the
             # next one, which must be able to bind it.
             self.server.close()
+            if self.path is not None and self.lock is not None:
+                _release(self.path, self.lock)
+                self.lock = None
             self._drop_spare()  # it reads EOF and exits
 
     def _loop(self) -> int:
@@ -333,7 +433,7 @@ class _Server:
         if pid is None:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - becomes a daemon, tested end to end
-                _become_daemon(request, fds[0], self.spec, (self.server, conn), self.pidfd)
+                _become_daemon(request, fds[0], self.spec, (self.server, conn), self._fds())
         os.close(fds[0])
         with contextlib.suppress(OSError):  # start gave up: the daemon serves anyway
             conn.send(lightjson.dumps({"pid": pid}).encode())
@@ -357,10 +457,15 @@ class _Server:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - becomes a spare daemon, tested end to end
             os.close(ours.detach())  # or the spare would never see the template go
-            _become_spare(theirs, self.spec, (self.server,), self.pidfd, self.spare_argv)
+            _become_spare(theirs, self.spec, (self.server,), self._fds(), self.spare_argv)
         theirs.close()
         self.spare = _Spare(pid, ours)
         self.poller.register(ours, 0)  # POLLHUP (always reported): the spare is gone
+
+    def _fds(self) -> tuple[int, ...]:
+        """The template's own descriptors, which its forked children must close: the pidfd,
+        and the lock (held by any process with it open, so it would outlive the template)."""
+        return (self.pidfd,) if self.lock is None else (self.pidfd, self.lock)
 
     def _drop_spare(self) -> None:
         if self.spare is not None:
@@ -431,19 +536,21 @@ def _changed(loaded: dict[str, int]) -> bool:
 
 
 def _in_child(
-    sockets: tuple[socket.socket, ...], pidfd: int, body: Callable[[int], int]
+    sockets: tuple[socket.socket, ...], fds: tuple[int, ...], body: Callable[[int], int]
 ) -> NoReturn:
-    """In a child the template forked: leave the template (its sockets, pidfd, SIGCHLD
-    disposition and session), put /dev/null on fds 0-2, run ``body(null fd)`` and exit with
-    its result."""
+    """In a child the template forked: leave the template (its sockets, its descriptors
+    ``fds``, SIGCHLD and SIGTERM dispositions and session), put /dev/null on fds 0-2, run
+    ``body(null fd)`` and exit with its result."""
     import signal
 
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         for sock in sockets:
             os.close(sock.detach())  # detach: the objects must not close reused fds later
-        os.close(pidfd)
+        for fd in fds:
+            os.close(fd)
         os.setsid()
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
@@ -463,7 +570,7 @@ def _become_spare(
     control: socket.socket,
     spec: ShimSpec,
     sockets: tuple[socket.socket, ...],
-    pidfd: int,
+    fds: tuple[int, ...],
     argv: list[str],
 ) -> NoReturn:
     """In the forked child: detach from the template, then wait as a spare daemon."""
@@ -486,7 +593,7 @@ def _become_spare(
         sys.argv = argv
         return main_spare(socket.socket(fileno=SPARE_CONTROL_FD), spec)
 
-    _in_child(sockets, pidfd, spare)
+    _in_child(sockets, fds, spare)
 
 
 def _become_daemon(
@@ -494,7 +601,7 @@ def _become_daemon(
     listener: int,
     spec: ShimSpec,
     sockets: tuple[socket.socket, ...],
-    pidfd: int,
+    fds: tuple[int, ...],
 ) -> NoReturn:
     """In the forked child: take the daemon's cwd, environment and fds, then serve."""
 
@@ -507,4 +614,4 @@ def _become_daemon(
         os.closerange(LISTENER_FD + 1, 1 << 16)
         return main_serve(parse(argv[1:]), spec, argv[0])
 
-    _in_child(sockets, pidfd, daemon)
+    _in_child(sockets, fds, daemon)
