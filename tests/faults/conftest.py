@@ -37,6 +37,7 @@ from tests.support.containerd import (
     FIFO_DIR,
     ContainerdBinaries,
     PrivateContainerd,
+    descendants,
     is_shim_spare,
     is_shim_template,
     process_alive,
@@ -73,6 +74,7 @@ __all__ = [
     "note",
     "record",
     "rss_kib",
+    "zombie_children",
 ]
 
 #: The annotation the shim groups containers by (one daemon per value).
@@ -124,6 +126,15 @@ def fd_count(pid: int) -> int:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return -1
+
+
+def zombie_children(pid: int) -> list[int]:
+    """Children of ``pid`` that exited and were not reaped."""
+    return [
+        child
+        for child, parent in process_parents().items()
+        if parent == pid and not process_alive(child)
+    ]
 
 
 def rss_kib(pid: int) -> int:
@@ -339,12 +350,24 @@ def _fd_counts(env: FaultEnv) -> dict[int, int]:
 
 
 def _problems(env: FaultEnv, before_fds: dict[int, int]) -> list[str]:
-    found = [p for cid in env.ids for p in leftovers_of(env, cid)]
+    # Deduplicated: leftovers_of lists this containerd's shim processes for every id.
+    found = list(dict.fromkeys(p for cid in env.ids for p in leftovers_of(env, cid)))
     for pid, count in before_fds.items():
         now = fd_count(pid)
         if now not in (-1, count) and process_alive(pid):
             found.append(f"shim process {pid} holds {now} fds, {count} before the test")
     return found
+
+
+def _clean_up(env: FaultEnv) -> None:
+    """Remove what a test left: its tasks and containers, then (LeakTracker.cleanup) every
+    shim process, mount, socket, fifo dir and cgroup of this containerd's ids."""
+    for cid in env.ids:
+        env.ctr("task", "kill", "--signal", "SIGKILL", "--all", cid)
+        env.ctr("task", "delete", "--force", cid)
+        env.ctr("containers", "delete", cid)
+    daemons = env.shim_pids().daemons
+    env.ctd.tracker.cleanup(env.ctd._bundles, [*daemons, *descendants(daemons)])
 
 
 @pytest.fixture(autouse=True)
@@ -368,12 +391,12 @@ def fault_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     records += env.ctr("snapshots", "ls").stdout.split()
     problems += [f"containerd still has {cid}" for cid in env.ids if cid in records]
     problems += env.ctd.leftovers()
+    problems = list(dict.fromkeys(problems))
     if problems:
         record("leaks", len(problems))
         # Clean up, so that one test's leak does not fail the next ones too.
-        for cid in env.ids:
-            env.ctr("task", "kill", "--signal", "SIGKILL", "--all", cid)
-            env.ctr("task", "delete", "--force", cid)
-            env.ctr("containers", "delete", cid)
-    logs = "\n".join(env.log(cid) for cid in env.ids)
+        logs = "\n".join(env.log(cid) for cid in env.ids)
+        _clean_up(env)
+    else:
+        logs = ""
     assert not problems, "left behind:\n  " + "\n  ".join(problems) + f"\n{logs}"

@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.containerd import process_alive
 
-from .conftest import HELLO, MODULES, FaultEnv, record
+from .conftest import HELLO, MODULES, FaultEnv, record, zombie_children
 
 pytestmark = [pytest.mark.containerd, pytest.mark.root]
 
@@ -101,6 +101,11 @@ def test_killed_zygote_keeps_containers_and_the_pod_usable(faults: FaultEnv) -> 
         newcomer_result = faults.run(
             MODULES, newcomer, "/hello.wat", opts=faults.group_opts(group), timeout=30
         )
+        assert process_alive(daemon), "the daemon died"
+        deadline = time.monotonic() + 5
+        while zombie_children(daemon) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not zombie_children(daemon), "the daemon did not reap its dead zygote"
         killed = faults.ctr("task", "kill", keeper)  # SIGTERM
         assert killed.returncode == 0, killed.stderr
         faults.wait_status(keeper, "STOPPED")
