@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 import pytest
-from google.protobuf import empty_pb2
+from google.protobuf import any_pb2, empty_pb2
 from google.protobuf.message import Message
 
 from containerd_shimkit.api import shim_pb2, ttrpc_pb2
@@ -40,6 +40,13 @@ class FakeTasks:
         self.wait_started = asyncio.Event()
         self.cancelled: list[str] = []
         self.contexts: list[RequestContext] = []
+        #: Wait calls started, running now, and the most ever running at once.
+        self.waits_started = 0
+        self.waiting = 0
+        self.peak_waiting = 0
+        self.stats_calls = 0
+        #: Bytes of the Any that Stats returns: big answers fill a peer's socket quickly.
+        self.stats_size = 16 * 1024
 
     async def state(
         self, request: shim_pb2.StateRequest, ctx: RequestContext
@@ -52,12 +59,23 @@ class FakeTasks:
     ) -> shim_pb2.WaitResponse:
         self.contexts.append(ctx)
         self.wait_started.set()
+        self.waits_started += 1
+        self.waiting += 1
+        self.peak_waiting = max(self.peak_waiting, self.waiting)
         try:
             await self.release_wait.wait()
         except asyncio.CancelledError:
             self.cancelled.append(request.id)
             raise
+        finally:
+            self.waiting -= 1
         return shim_pb2.WaitResponse(exit_status=7)
+
+    async def stats(
+        self, request: shim_pb2.StatsRequest, ctx: RequestContext
+    ) -> shim_pb2.StatsResponse:
+        self.stats_calls += 1
+        return shim_pb2.StatsResponse(stats=any_pb2.Any(value=b"s" * self.stats_size))
 
     async def kill(self, request: shim_pb2.KillRequest, ctx: RequestContext) -> empty_pb2.Empty:
         if request.signal == 0:

@@ -38,7 +38,16 @@ def test_from_descriptor_binds_implemented_rpcs_only() -> None:
     tasks = FakeTasks()
     service = Service.from_descriptor(TASK_DESCRIPTOR, tasks)
     assert service.name == "containerd.task.v2.Task"
-    assert set(service.methods) == {"State", "Wait", "Kill", "Pids", "Pause", "Resume", "Connect"}
+    assert set(service.methods) == {
+        "State",
+        "Wait",
+        "Kill",
+        "Pids",
+        "Pause",
+        "Resume",
+        "Connect",
+        "Stats",
+    }
     state = service.methods["State"]
     assert state.name == "State"
     assert state.request_type is shim_pb2.StateRequest

@@ -13,6 +13,12 @@ on it:
   survives. Bytes that cannot be framed at all close that one connection.
 * Handler exceptions become a status exactly once, in :func:`_status_of`.
 * A peer whose uid/gid differ from ours is refused (``UnixSocketRequireSameUser``).
+
+Back-pressure, where we are stricter than Go (whose per-request goroutines are bounded only
+by its blocking writer): a connection runs at most ``max_in_flight`` requests at once, and
+reads nothing more while its write buffer is above :data:`WRITE_HIGH_WATER`. A peer that
+pipelines requests without reading the answers therefore ends up blocked on its own
+writes instead of growing the daemon, and its handlers are cancelled when it goes away.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from types import TracebackType
+from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
@@ -41,11 +48,31 @@ from .framing import (
 )
 from .service import Method, PeerCredentials, RequestContext, Service, metadata_from_pairs
 
-__all__ = ["Server"]
+__all__ = ["DEFAULT_MAX_IN_FLIGHT", "WRITE_HIGH_WATER", "Server"]
 
 log = logging.getLogger("containerd_shimkit.ttrpc")
 
 _READ_SIZE = 64 * 1024
+
+#: Requests one connection may have running at once before the server stops reading it.
+#: containerd sends all of a pod's calls on one connection and keeps a ``Wait`` open there
+#: for every process of the pod (each container and each exec) while also sending
+#: ``State``, ``Kill``, ``Stats``... A pod never comes close to 256 concurrent calls, and
+#: the bound must stay far above that: when every slot holds a ``Wait``, the ``Kill`` that
+#: would end them is not read. A blocked request costs a few KiB (task, coroutine frames,
+#: messages), so a flooding connection holds about 1 MiB instead of growing without limit.
+DEFAULT_MAX_IN_FLIGHT = 256
+
+#: A connection's write buffer above this many bytes pauses asyncio's protocol; handlers
+#: then wait in ``drain()`` and the connection reads nothing more until the buffer is back
+#: under a quarter of it (asyncio's default low-water mark). asyncio's own default, spelled
+#: out because the bound on what a non-reading peer costs depends on it.
+WRITE_HIGH_WATER = 64 * 1024
+
+#: While all slots are taken, keep reading until this many bytes of requests wait in the
+#: decoder: only a read sees a peer that closed, whose running handlers must be cancelled.
+_READ_AHEAD = 64 * 1024
+
 # struct ucred from <sys/socket.h>: pid_t, uid_t, gid_t.
 _UCRED = struct.Struct("3i")
 
@@ -65,6 +92,8 @@ class Server:
         require_same_user: Refuse peers whose uid or gid differ from the expected ones.
         expected_uid: The uid peers must have (default: our effective uid).
         expected_gid: The gid peers must have (default: our effective gid).
+        max_in_flight: Requests of one connection handled at once; further requests
+            stay unread in the socket until one of them is answered.
     """
 
     def __init__(
@@ -74,8 +103,12 @@ class Server:
         require_same_user: bool = True,
         expected_uid: int | None = None,
         expected_gid: int | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
         self._services = _index(services)
+        self._max_in_flight = max_in_flight
         self._require_same_user = require_same_user
         self._expected_uid = os.geteuid() if expected_uid is None else expected_uid
         self._expected_gid = os.getegid() if expected_gid is None else expected_gid
@@ -156,7 +189,7 @@ class Server:
             writer.close()
             return
         log.debug("connection from %s", peer)
-        conn = _Connection(self._services, reader, writer, peer)
+        conn = _Connection(self._services, reader, writer, peer, self._max_in_flight)
         self._connections.add(conn)
         conn.task.add_done_callback(lambda _: self._connections.discard(conn))
 
@@ -200,15 +233,22 @@ class _Connection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         peer: PeerCredentials | None,
+        max_in_flight: int,
     ) -> None:
         self._services = services
         self._reader = reader
         self._writer = writer
         self._peer = peer
+        self._max_in_flight = max_in_flight
         self._decoder = FrameDecoder()
         self._write_lock = asyncio.Lock()
         self._last_stream_id = 0
         self._closing = False
+        # A read started while all slots were taken, and the future a finishing handler
+        # resolves to wake the reader up (see _next_bytes).
+        self._reading: asyncio.Task[bytes] | None = None
+        self._slot_freed: asyncio.Future[None] | None = None
+        writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         #: Handler tasks still running; cancelled when the connection goes away.
         self.requests: set[asyncio.Task[None]] = set()
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -234,14 +274,66 @@ class _Connection:
             await self._close()
 
     async def _read_loop(self) -> None:
-        while data := await self._reader.read(_READ_SIZE):
+        while True:
+            # While the peer does not take our answers, asyncio pauses the protocol above
+            # the high-water mark; waiting here until it resumes is what stops the reading.
+            await self._writer.drain()
+            # Nothing may be awaited between the end of this and _next_bytes: it relies on
+            # "below the bound" meaning "no decoded frame is waiting".
+            await self._dispatch()
+            data = await self._next_bytes()
+            if data is None:  # a slot was freed: dispatch what is already decoded
+                continue
+            if not data:
+                return
             self._decoder.feed(data)
-            for event in self._decoder:
-                if isinstance(event, OversizedFrame):
-                    error = OversizedMessage(event.length, MAX_MESSAGE_LENGTH)
-                    await self._send(event.stream_id, _status_response(error.code, error.message))
-                else:
-                    await self._on_frame(event)
+
+    async def _dispatch(self) -> None:
+        """Act on every decoded frame, stopping while ``max_in_flight`` requests run."""
+        while not self._at_bound() and (event := self._decoder.next_frame()) is not None:
+            if isinstance(event, OversizedFrame):
+                error = OversizedMessage(event.length, MAX_MESSAGE_LENGTH)
+                await self._send(event.stream_id, _status_response(error.code, error.message))
+            else:
+                await self._on_frame(event)
+
+    def _at_bound(self) -> bool:
+        return len(self.requests) >= self._max_in_flight
+
+    async def _next_bytes(self) -> bytes | None:
+        """Read from the peer; at the bound, return ``None`` once a handler finishes.
+
+        Below the bound this is a plain read. At the bound a read still runs (up to
+        :data:`_READ_AHEAD` bytes of backlog) so that the peer closing is noticed and its
+        handlers cancelled even when all of them wait for something that may never come.
+        """
+        reading = self._reading
+        if reading is not None and (reading.done() or not self._at_bound()):
+            self._reading = None
+            return await reading
+        if not self._at_bound():
+            return await self._reader.read(_READ_SIZE)
+        if reading is None and self._decoder.buffered < _READ_AHEAD:
+            reading = self._reading = asyncio.get_running_loop().create_task(
+                self._reader.read(_READ_SIZE)
+            )
+        self._slot_freed = asyncio.get_running_loop().create_future()
+        waiting: set[asyncio.Future[Any]] = {self._slot_freed}
+        if reading is not None:
+            waiting.add(reading)
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._slot_freed = None
+        if reading is not None and reading.done():
+            self._reading = None
+            return reading.result()
+        return None
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.requests.discard(task)
+        if self._slot_freed is not None and not self._slot_freed.done():
+            self._slot_freed.set_result(None)
 
     async def _on_frame(self, frame: Frame) -> None:
         if frame.type != MessageType.REQUEST:
@@ -259,7 +351,7 @@ class _Connection:
             return
         task = asyncio.get_running_loop().create_task(self._respond(frame.stream_id, request))
         self.requests.add(task)
-        task.add_done_callback(self.requests.discard)
+        task.add_done_callback(self._finished)
 
     def _check_stream_id(self, stream_id: int) -> str | None:
         if stream_id % 2 != 1:
@@ -300,11 +392,15 @@ class _Connection:
 
     async def _close(self) -> None:
         self._closing = True
-        pending = list(self.requests)
+        pending: list[asyncio.Future[Any]] = list(self.requests)
+        if self._reading is not None:
+            pending.append(self._reading)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        self._writer.close()
+        # Not close(): that waits to flush the write buffer, forever if the peer does not
+        # read, and keeps shutdown() waiting with it. Nobody waits for those answers now.
+        self._writer.transport.abort()
         with suppress(OSError):
             await self._writer.wait_closed()
 
