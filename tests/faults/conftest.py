@@ -14,7 +14,11 @@ test and still are (the template, a daemon kept up by a module-level container) 
 as many file descriptors as before it.
 
 Tests add to :data:`COUNTS` (see :func:`record`); the totals are printed at the end of the
-session: ``faults: N survived, M bad inputs, K storm failures, L leaks``.
+session: ``faults: N survived, M bad inputs, K storm failures, L leaks``, followed by the
+lines tests gave :func:`note` (measurements).
+
+``FAULTS_SHIM_DIR=<dir>`` puts another build's ``containerd-shim-wasmtime-v1`` first on
+containerd's PATH, e.g. an older commit's, to check that a test fails on the bug it targets.
 """
 
 from __future__ import annotations
