@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import traceback
@@ -85,3 +86,22 @@ def test_an_explicit_comm_wins() -> None:
         return _own_title()
 
     assert _in_child(work) == {"argv": ["/m.wasm#run", "a"], "comm": "m.wasm"}
+
+
+# --- what an exec would inherit ----------------------------------------------------------
+
+
+def test_every_fd_above_2_becomes_close_on_exec_with_or_without_close_range() -> None:
+    from containerd_shimkit.container.init import set_cloexec_from
+
+    def work(use_close_range: bool) -> object:
+        fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(3)]
+        for fd in fds:
+            os.set_inheritable(fd, True)
+        os.set_inheritable(2, True)
+        set_cloexec_from(3, use_close_range=use_close_range)
+        return [os.get_inheritable(fd) for fd in (2, *fds)]
+
+    for use_close_range in (True, False):
+        result = _in_child(functools.partial(work, use_close_range))
+        assert result == [True, False, False, False]

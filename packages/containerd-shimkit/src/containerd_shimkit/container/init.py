@@ -441,6 +441,8 @@ def _init(setup: ContainerSetup, workload: Workload, channel_fd: int, gate: _Cgr
     if not message.get("start"):
         logger.warning("container %s: unexpected message %s", setup.id, message)
         return 1
+    # Before seccomp, which may not allow close_range; only an exec would act on the flags.
+    set_cloexec_from(3, use_close_range=True)
     try:
         _finalize_process(setup)
     except Exception as exc:
@@ -448,7 +450,6 @@ def _init(setup: ContainerSetup, workload: Workload, channel_fd: int, gate: _Cgr
         return 1
     _send_quietly(channel_fd, {"started": True})
     os.close(channel_fd)
-    set_cloexec_from(3)
     return _run(setup, workload)
 
 
@@ -644,14 +645,15 @@ def _close_range_cloexec(lowest: int) -> bool:
     return bool(result == 0)
 
 
-def set_cloexec_from(lowest: int) -> None:
+def set_cloexec_from(lowest: int, *, use_close_range: bool = False) -> None:
     """Mark every fd >= ``lowest`` close-on-exec, so execve leaks nothing of the zygote.
 
-    One ``close_range`` call where the kernel has it; else the fds listed in
-    ``/proc/self/fd`` (which a workload may have hidden, see
-    :func:`~containerd_shimkit.container.rootfs.hide_kernel_filesystems`); else every fd
-    below the limit."""
-    if _close_range_cloexec(lowest):
+    With ``use_close_range``, one ``close_range`` call where the kernel has it (not under a
+    seccomp filter, which may kill the process for a system call it does not know);
+    otherwise, or when that fails, the fds listed in ``/proc/self/fd`` (which a workload may
+    have hidden, see :func:`~containerd_shimkit.container.rootfs.hide_kernel_filesystems`);
+    else every fd below the limit."""
+    if use_close_range and _close_range_cloexec(lowest):
         return
     try:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
