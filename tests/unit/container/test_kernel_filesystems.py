@@ -143,3 +143,35 @@ def test_every_kernel_filesystem_is_detached_and_nothing_else(tmp_path: Path) ->
     assert "/proc" in result["detached"] and str(base / "proc") in result["detached"]
     assert result["proc_self"] is False
     assert result["data"] == "kept"
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount namespaces)")
+def test_a_shadowed_kernel_mount_is_left_but_one_reachable_under_it_is_not(
+    tmp_path: Path,
+) -> None:
+    base = tmp_path / "t"
+    base.mkdir()
+    shadowed, reachable = base / "a" / "b", base / "a" / "b" / "c"
+
+    def work() -> object:
+        _libc.mount("tmpfs", base, "tmpfs", 0)
+        shadowed.mkdir(parents=True)
+        _libc.mount("proc", shadowed, "proc", 0)
+        _libc.mount("tmpfs", base / "a", "tmpfs", 0)  # /a/b (the proc) is out of reach now
+        reachable.mkdir(parents=True)  # in the new tmpfs, at the same path as a proc dir
+        _libc.mount("sysfs", reachable, "sysfs", 0)
+        fd = os.open("/proc/self/mountinfo", os.O_RDONLY)
+        detached = hide_kernel_filesystems()
+        text = b""
+        while chunk := os.read(fd, 65536):
+            text += chunk
+        left = [(i.mount_point, i.fstype) for i in parse_mountinfo(text.decode())]
+        return {"detached": detached, "left": left, "ls": sorted(os.listdir(reachable))}
+
+    result = _in_child(work)
+    assert isinstance(result, dict)
+    left = [tuple(x) for x in result["left"]]
+    assert [e for e in left if e[1] in KERNEL_FILESYSTEMS] == [(str(shadowed), "proc")]
+    assert str(reachable) in result["detached"]
+    assert result["ls"] == []

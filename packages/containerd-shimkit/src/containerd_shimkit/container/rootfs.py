@@ -15,7 +15,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _libc
@@ -242,6 +242,8 @@ class MountInfo:
     mount_point: str
     fstype: str
     optional: tuple[str, ...]
+    #: ``major:minor`` of the filesystem (what ``stat`` reports as ``st_dev``).
+    device: str = field(default="", compare=False)
 
 
 def _unescape(field: str) -> str:
@@ -265,7 +267,9 @@ def parse_mountinfo(text: str) -> list[MountInfo]:
         if "-" not in fields:
             continue
         sep = fields.index("-")
-        result.append(MountInfo(_unescape(fields[4]), fields[sep + 1], tuple(fields[6:sep])))
+        result.append(
+            MountInfo(_unescape(fields[4]), fields[sep + 1], tuple(fields[6:sep]), fields[2])
+        )
     return result
 
 
@@ -557,6 +561,17 @@ def _read_mountinfo_fd(fd: int) -> list[MountInfo]:
     return parse_mountinfo(b"".join(chunks).decode("utf-8", "surrogateescape"))
 
 
+def _shows(path: str, infos: Sequence[MountInfo]) -> bool:
+    """Whether ``path`` leads to one of the kernel mounts listed at that point (it may not:
+    another mount over one of its parents shadows it, and it is out of reach)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    return any(i.mount_point == path and i.device == device for i in infos)
+
+
 def hide_kernel_filesystems(kinds: frozenset[str] = KERNEL_FILESYSTEMS) -> list[str]:
     """Detach (``umount2(MNT_DETACH)``) every mount of ``kinds`` in this mount namespace,
     wherever it is mounted; returns the mount points detached.
@@ -575,17 +590,25 @@ def hide_kernel_filesystems(kinds: frozenset[str] = KERNEL_FILESYSTEMS) -> list[
     """
     fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
     detached: list[str] = []
+    shadowed: set[str] = set()
     try:
         for _ in range(64):
-            points = kernel_mount_points(_read_mountinfo_fd(fd), kinds)
+            infos = _read_mountinfo_fd(fd)
+            # Without the shadowed points: a mount made under one later can be reachable.
+            points = kernel_mount_points([i for i in infos if i.mount_point not in shadowed], kinds)
             if not points:
                 return detached
             for point in points:
                 with step(f"detaching {point}"):
                     try:
                         _libc.umount2(point, _libc.MNT_DETACH)
-                    except FileNotFoundError:
-                        continue  # went with an earlier point (a symlinked mount point)
+                    except OSError as exc:
+                        if exc.errno not in (errno.ENOENT, errno.EINVAL) or _shows(point, infos):
+                            raise
+                        # No path reaches it (a mount over a parent of its mount point):
+                        # out of reach for the workload too.
+                        shadowed.add(point)
+                        continue
                 detached.append(point)
     finally:
         os.close(fd)
