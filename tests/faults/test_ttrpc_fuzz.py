@@ -14,7 +14,7 @@ in the daemon). After every input the daemon must still be alive and answer a we
 ``State`` on a fresh connection; at the end it must hold no more file descriptors or threads
 than after a first round of the same inputs.
 
-The inputs are derived from a fixed seed (``derandomize``), so a failure reproduces.
+The inputs are derived from a fixed seed (:data:`SEED`), so a failure reproduces.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import any_pb2
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from containerd_shimkit.api import shim_pb2, ttrpc_pb2, types_pb2
@@ -66,6 +66,8 @@ RESERVED_LENGTH = 1 << 24
 READ_GUARD_SECONDS = 20
 #: ``ThreadPoolExecutor``'s default size, that of the daemon's default executor.
 DEFAULT_EXECUTOR_WORKERS = min(32, (os.cpu_count() or 1) + 4)
+#: Inputs derive from this: change it to try others (a failure prints how to reproduce it).
+SEED = 20261207
 #: Bad inputs tried, split across the strategies by hypothesis.
 EXAMPLES = 1500
 
@@ -512,8 +514,10 @@ def _named(name: str, strategy: st.SearchStrategy[Case]) -> st.SearchStrategy[tu
 
 
 def run_cases(daemon: Daemon, tally: Tally, max_examples: int) -> None:
+    # A fixed seed, not derandomize: that seeds from a digest of the strategy's repr too,
+    # which holds the daemon's temporary directory.
+    @seed(SEED)
     @settings(
-        derandomize=True,
         database=None,
         max_examples=max_examples,
         deadline=None,
