@@ -243,3 +243,46 @@ def test_zygote_lines_after_two_containers_carry_the_right_ids(env: Env) -> None
     for cid in (first, second):
         lines = [ln for ln in detached if f"instance={cid}" in ln]
         assert lines and all(f"pod={group}" in ln for ln in lines), detached
+
+
+CAP_SYS_PTRACE = 19
+
+
+def _opens_without_cap_sys_ptrace(path: str) -> bool:
+    """Whether a root process with every capability but CAP_SYS_PTRACE can open ``path``
+    (a forked child of this test; its answer is its exit status)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 2
+        try:
+            from containerd_shimkit.container import _libc
+
+            effective, permitted, inheritable = _libc.capget()
+            keep = ~(1 << CAP_SYS_PTRACE)
+            _libc.capset(effective & keep, permitted & keep, inheritable & keep)
+            with open(path, "rb") as f:
+                f.read(1)
+            code = 0
+        except PermissionError:
+            code = 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    assert code in (0, 1), f"the probing child failed ({code})"
+    return code == 0
+
+
+def test_a_running_guest_is_not_dumpable(env: Env) -> None:
+    """Another root process without CAP_SYS_PTRACE (a sidecar sharing the pod's pid
+    namespace, say) must not open the init's ``/proc/<pid>/mem``: the init is made
+    non-dumpable before the guest runs. (Were it dumpable, such a process could: the init
+    runs as root with a subset of its capabilities.)"""
+    cid = env.new_id("dumpable")
+    env.run_detached(PROBE, cid, "/demo.wasm", "daemon")
+    try:
+        env.wait_status(cid, "RUNNING")
+        pid = _task_pid(env, cid)
+        assert not _opens_without_cap_sys_ptrace(f"/proc/{pid}/mem")
+    finally:
+        env.kill_and_remove(cid)
