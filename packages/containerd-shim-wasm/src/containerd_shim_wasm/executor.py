@@ -68,8 +68,9 @@ def scrub_environ_block() -> None:
     """Zero the environment strings the kernel shows as ``/proc/<pid>/environ``.
 
     The init is a fork of the shim, so that memory holds the shim's environment (what
-    containerd runs shims with: TTRPC_ADDRESS, the host's variables), and the container's
-    /proc shows it to the guest (``/proc/self/environ``, preopened ``/``) and to the pod.
+    containerd runs shims with: TTRPC_ADDRESS, the host's variables), which ``/proc`` shows
+    as ``/proc/<pid>/environ`` (the guest itself gets no ``/proc``, see
+    :class:`WasmWorkload`; native containers of the pod may share its pid namespace).
     ``os.environ``/``unsetenv`` do not touch it. The guest's env comes from the spec only.
     Without a /proc there is nothing to read it through, and nothing to do.
     """
