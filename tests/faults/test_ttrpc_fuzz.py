@@ -50,7 +50,7 @@ from containerd_shimkit.ttrpc import (
 )
 from tests.support.containerd import descendants, process_alive
 
-from .conftest import note, record
+from .conftest import note, record, rss_kib
 
 pytestmark = pytest.mark.root
 
@@ -68,6 +68,12 @@ READ_GUARD_SECONDS = 20
 DEFAULT_EXECUTOR_WORKERS = min(32, (os.cpu_count() or 1) + 4)
 #: Inputs derive from this: change it to try others (a failure prints how to reproduce it).
 SEED = 20261207
+#: Requests the flooding peer pipelines (twice what the fault run that found the problem
+#: sent: the daemon takes ~650 KB of them, whatever the total).
+FLOOD_REQUESTS = 40_000
+#: How much the daemon may grow while flooded: it grew by 69 MiB before the in-flight and
+#: write-buffer bounds; with them it holds a few hundred KiB of buffers and 256 requests.
+FLOOD_GROWTH_KIB = 8 * 1024
 #: Bad inputs tried, split across the strategies by hypothesis.
 EXAMPLES = 1500
 
@@ -562,3 +568,49 @@ def test_bad_frames_leave_the_daemon_serving(daemon: Daemon) -> None:
     note(summary)
     record("bad_inputs", tally.examples + warmup.examples)
     assert tally.examples > 0 and tally.closed_by_server > 0 and tally.error_statuses > 0
+
+
+def send_what_fits(sock: socket.socket, data: memoryview) -> int:
+    """Send from ``data`` on a non-blocking socket until the kernel takes no more."""
+    sent = 0
+    with contextlib.suppress(BlockingIOError):
+        while sent < len(data):
+            sent += sock.send(data[sent:])
+    return sent
+
+
+def wait_for_fds(daemon: Daemon, count: int) -> None:
+    deadline = time.monotonic() + READ_GUARD_SECONDS  # a guard, not a measurement
+    while daemon.fds() != count:
+        assert time.monotonic() < deadline, f"the daemon holds {daemon.fds()} fds, not {count}"
+        time.sleep(0.01)
+
+
+def test_a_peer_that_floods_without_reading_stays_cheap(daemon: Daemon) -> None:
+    assert_serving(daemon)
+    fds, rss = daemon.fds(), rss_kib(daemon.pid)
+    data = memoryview(b"".join(probe_frame(2 * i + 1) for i in range(FLOOD_REQUESTS)))
+    flood = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        flood.connect(daemon.socket_path)
+        flood.setblocking(False)
+        sent = 0
+        # Each round trip on another connection gives the daemon its chance to read more;
+        # one that kept reading would have taken everything long before the last round.
+        for _ in range(20):
+            sent += send_what_fits(flood, data[sent:])
+            assert_serving(daemon)
+        assert sent < len(data)
+        grown = rss_kib(daemon.pid) - rss
+        assert grown < FLOOD_GROWTH_KIB
+    finally:
+        flood.close()
+    # Its handlers, blocked on a full write buffer, are cancelled and its socket closed.
+    wait_for_fds(daemon, fds)
+    assert_serving(daemon)
+    summary = (
+        f"ttrpc flood: the daemon took {sent} of {len(data)} bytes of {FLOOD_REQUESTS} "
+        f"pipelined requests and grew by {grown} KiB"
+    )
+    print(summary)
+    note(summary)
