@@ -14,7 +14,9 @@ in the daemon). After every input the daemon must still be alive and answer a we
 ``State`` on a fresh connection; at the end it must hold no more file descriptors or threads
 than after a first round of the same inputs.
 
-The inputs are derived from a fixed seed (:data:`SEED`), so a failure reproduces.
+The inputs are derived from a fixed seed (:data:`SEED`), so a failure reproduces with the
+same command (Hypothesis also draws on constants of the modules loaded, so running other
+tests in the same session gives other, equally reproducible, inputs).
 """
 
 from __future__ import annotations
