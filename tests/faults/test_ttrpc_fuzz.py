@@ -127,9 +127,13 @@ def _wait_until_serving(process: subprocess.Popen[bytes], path: str) -> None:
     raise AssertionError("the daemon never listened")
 
 
-def _stop(daemon: Daemon) -> None:
-    """SIGTERM the daemon, then SIGKILL whatever of it (its zygote…) is left."""
-    family = descendants([daemon.pid]) | {daemon.pid}
+def _stop(daemon: Daemon) -> set[int]:
+    """SIGTERM the daemon and wait for it and its children (the zygote) to exit.
+
+    Returns the children that outlived it by more than a few seconds, after SIGKILLing
+    them: the test fails on them, but leaves nothing behind.
+    """
+    children = descendants([daemon.pid])
     if daemon.alive():
         daemon.process.send_signal(signal.SIGTERM)
         try:
@@ -137,10 +141,15 @@ def _stop(daemon: Daemon) -> None:
         except subprocess.TimeoutExpired:
             daemon.process.kill()
             daemon.process.wait()
-    for pid in family - {daemon.pid}:
-        if process_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5  # a guard: they exit on the end of their channel
+    while (left := {pid for pid in children if process_alive(pid)}) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.02)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
 
 
 @pytest.fixture(scope="module")
@@ -168,11 +177,9 @@ def daemon() -> Iterator[Daemon]:
         _wait_until_serving(process, path)
         yield running
     finally:
-        family = descendants([running.pid])
-        _stop(running)
+        left = _stop(running)
         shutil.rmtree(root, ignore_errors=True)
-        assert not any(process_alive(pid) for pid in family), "the daemon left processes"
-        assert not root.exists()
+        assert not left, f"the daemon's children {sorted(left)} outlived it"
 
 
 # --------------------------------------------------------------------------- the wire
