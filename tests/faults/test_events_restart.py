@@ -102,10 +102,10 @@ def test_an_exit_during_a_containerd_restart_reaches_containerd(env: FaultEnv) -
         def forwarded() -> bool:
             return bool(EXIT_FORWARDED.search(ctd.log_text()[log_offset:]))
 
-        if ctd.major < 2:
-            # containerd 2.x no longer logs forwarded events (nor does it keep a task that
+        if (ctd.major, ctd.binaries.minor) < (1, 7):
+            # containerd 1.7+ no longer logs forwarded events (nor does it keep a task that
             # exited while it was down: on reload it deletes it as a leaked shim's, as it
-            # does runc's), so the forwarding is observable, and checked, on 1.6 and 1.7.
+            # does runc's), so the forwarding is observable, and checked, on 1.6.
             _wait("the exit event forwarded to containerd", forwarded, 20.0, env.log(cid))
         else:
             _wait("the task ended", lambda: env.task_status(cid) in (None, "STOPPED"), 20.0)
