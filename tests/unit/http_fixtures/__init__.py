@@ -1,0 +1,1 @@
+"""Tests of the wasi:http test components (tests/fixtures/http)."""
