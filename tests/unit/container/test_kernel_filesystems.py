@@ -6,9 +6,7 @@ detaching itself in a private mount namespace of a forked child (root only).
 
 from __future__ import annotations
 
-import json
 import os
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 
 from containerd_shimkit.container import KERNEL_FILESYSTEMS, _libc, hide_kernel_filesystems
 from containerd_shimkit.container.rootfs import kernel_mount_points, parse_mountinfo
+from tests.support.forked import result_in_child
 
 
 def _line(mount_id: int, parent: int, point: str, fstype: str, source: str = "none") -> str:
@@ -77,31 +76,16 @@ def test_a_prefix_is_not_a_parent() -> None:
 # --- in a private mount namespace --------------------------------------------------------
 
 
-def _in_child(work: Callable[[], object]) -> object:
+def _in_private_mount_namespace(work: Callable[[], object]) -> object:
     """Run ``work`` in a forked child with a private mount namespace; its JSON result."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        code = 0
-        try:
-            _libc.unshare(_libc.CLONE_NEWNS)
-            # Nothing done here may propagate to the host's mounts.
-            _libc.mount(None, "/", None, _libc.MS_REC | _libc.MS_PRIVATE)
-            payload = {"result": work()}
-        except BaseException:
-            payload, code = {"error": traceback.format_exc()}, 1
-        os.write(write_fd, json.dumps(payload).encode())
-        os._exit(code)
-    os.close(write_fd)
-    chunks = []
-    while chunk := os.read(read_fd, 65536):
-        chunks.append(chunk)
-    os.close(read_fd)
-    os.waitpid(pid, 0)
-    payload = json.loads(b"".join(chunks))
-    assert "error" not in payload, payload["error"]
-    return payload["result"]
+
+    def privately() -> object:
+        _libc.unshare(_libc.CLONE_NEWNS)
+        # Nothing done here may propagate to the host's mounts.
+        _libc.mount(None, "/", None, _libc.MS_REC | _libc.MS_PRIVATE)
+        return work()
+
+    return result_in_child(privately)
 
 
 @pytest.mark.root
@@ -133,7 +117,7 @@ def test_every_kernel_filesystem_is_detached_and_nothing_else(tmp_path: Path) ->
             "data": (base / "data" / "file").read_text(),
         }
 
-    result = _in_child(work)
+    result = _in_private_mount_namespace(work)
     assert isinstance(result, dict)
     left = [tuple(x) for x in result["left"]]
     assert not [entry for entry in left if entry[1] in KERNEL_FILESYSTEMS], left
@@ -169,7 +153,7 @@ def test_a_shadowed_kernel_mount_is_left_but_one_reachable_under_it_is_not(
         left = [(i.mount_point, i.fstype) for i in parse_mountinfo(text.decode())]
         return {"detached": detached, "left": left, "ls": sorted(os.listdir(reachable))}
 
-    result = _in_child(work)
+    result = _in_private_mount_namespace(work)
     assert isinstance(result, dict)
     left = [tuple(x) for x in result["left"]]
     assert [e for e in left if e[1] in KERNEL_FILESYSTEMS] == [(str(shadowed), "proc")]

@@ -4,36 +4,11 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 
 from containerd_shimkit import proctitle
-
-
-def _in_child(work: Callable[[], object]) -> object:
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        code = 0
-        try:
-            payload = {"result": work()}
-        except BaseException:
-            payload, code = {"error": traceback.format_exc()}, 1
-        os.write(write_fd, json.dumps(payload).encode())
-        os._exit(code)
-    os.close(write_fd)
-    chunks = []
-    while chunk := os.read(read_fd, 65536):
-        chunks.append(chunk)
-    os.close(read_fd)
-    os.waitpid(pid, 0)
-    payload = json.loads(b"".join(chunks))
-    assert "error" not in payload, payload["error"]
-    return payload["result"]
+from tests.support.forked import result_in_child
 
 
 def _own_title() -> dict[str, object]:
@@ -59,7 +34,7 @@ def test_the_process_shows_the_given_args_and_name() -> None:
 
     before = _own_title()
     assert "/hello.wasm" not in before["argv"]  # type: ignore[operator]
-    assert _in_child(work) == {"argv": ["/hello.wasm", "arg1"], "comm": "hello.wasm"}
+    assert result_in_child(work) == {"argv": ["/hello.wasm", "arg1"], "comm": "hello.wasm"}
     assert _own_title() == before  # the test process itself is untouched
 
 
@@ -72,7 +47,7 @@ def test_args_too_long_for_the_argv_area_are_truncated_not_skipped() -> None:
         assert proctitle.set_cmdline(["/m.wasm", long_arg], truncate=True)
         return {"refused": refused, "truncated": _own_title()["argv"], "room": end - start}
 
-    result = _in_child(work)
+    result = result_in_child(work)
     assert isinstance(result, dict)
     assert "/m.wasm" not in result["refused"]
     argv = result["truncated"]
@@ -85,7 +60,7 @@ def test_an_explicit_comm_wins() -> None:
         proctitle.set_process_title(["/m.wasm#run", "a"], "m.wasm")
         return _own_title()
 
-    assert _in_child(work) == {"argv": ["/m.wasm#run", "a"], "comm": "m.wasm"}
+    assert result_in_child(work) == {"argv": ["/m.wasm#run", "a"], "comm": "m.wasm"}
 
 
 # --- what an exec would inherit ----------------------------------------------------------
@@ -103,5 +78,5 @@ def test_every_fd_above_2_becomes_close_on_exec_with_or_without_close_range() ->
         return [os.get_inheritable(fd) for fd in (2, *fds)]
 
     for use_close_range in (True, False):
-        result = _in_child(functools.partial(work, use_close_range))
+        result = result_in_child(functools.partial(work, use_close_range))
         assert result == [True, False, False, False]

@@ -11,8 +11,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from containerd_shim_wasm.sandbox import Sandbox
 from containerd_shim_wasm.shim import Shim
 from containerd_shimkit import logs, zygote
 from containerd_shimkit.container import ContainerSetup
+from tests.support.forked import result_in_child
 
 
 class AcceptAll(Sandbox):
@@ -43,29 +42,6 @@ class FakeShim(Shim):
     @classmethod
     def sandbox(cls) -> type[Sandbox]:
         return AcceptAll
-
-
-def _in_child(work: Callable[[], object]) -> object:
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        code = 0
-        try:
-            payload = {"result": work()}
-        except BaseException:
-            payload, code = {"error": traceback.format_exc()}, 1
-        os.write(write_fd, json.dumps(payload).encode())
-        os._exit(code)
-    os.close(write_fd)
-    chunks = []
-    while chunk := os.read(read_fd, 65536):
-        chunks.append(chunk)
-    os.close(read_fd)
-    os.waitpid(pid, 0)
-    payload = json.loads(b"".join(chunks))
-    assert "error" not in payload, payload["error"]
-    return payload["result"]
 
 
 def _setup(args: list[str], tmp_path: Path, mount_ns: str | None = "") -> ContainerSetup:
@@ -106,7 +82,7 @@ def test_a_wasm_container_hides_kernel_filesystems_after_dropping_the_environmen
             "comm": Path("/proc/self/comm").read_text().rstrip("\n"),
         }
 
-    result = _in_child(work)
+    result = result_in_child(work)
     assert isinstance(result, dict)
     assert result["env_at_hide"] == {} and result["forgot_first"] is True
     assert result["environ"] == {} and result["getenv"] is None
@@ -127,7 +103,7 @@ def test_a_native_executable_keeps_its_kernel_filesystems(
         workload.prepare(_setup(["/bin/true"], tmp_path))
         return {"native": workload.native, "env": os.environ.get("SHIM_TEST_KEEP")}
 
-    assert _in_child(work) == {"native": True, "env": "1"}
+    assert result_in_child(work) == {"native": True, "env": "1"}
 
 
 def test_a_failure_to_hide_fails_create(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,7 +119,7 @@ def test_a_failure_to_hide_fails_create(tmp_path: Path, monkeypatch: pytest.Monk
             return str(exc)
         return "prepared"
 
-    assert _in_child(work) == "detaching /proc: Invalid argument"
+    assert result_in_child(work) == "detaching /proc: Invalid argument"
 
 
 @pytest.mark.parametrize("mount_ns", ["/proc/4242/ns/mnt", None], ids=["joined", "host"])
@@ -162,7 +138,7 @@ def test_a_wasm_guest_never_runs_in_a_shared_mount_namespace(
             return str(exc)
         return "prepared"
 
-    assert "needs a mount namespace of its own" in str(_in_child(work))
+    assert "needs a mount namespace of its own" in str(result_in_child(work))
 
 
 def executor_error(message: str) -> Exception:
@@ -253,5 +229,5 @@ def test_the_init_forgets_the_pods_other_modules(tmp_path: Path) -> None:
         executor._forgetter(modules)()
         return len(modules._entries)
 
-    assert _in_child(work) == 0
+    assert result_in_child(work) == 0
     assert "other-digest" in modules._entries  # the zygote's own cache is untouched
