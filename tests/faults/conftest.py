@@ -27,16 +27,13 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.wasm.build import build_all
 from tests.support.containerd import (
     FIFO_DIR,
     ContainerdBinaries,
@@ -56,11 +53,11 @@ from tests.integration.test_wasm_containers import (
     HELLO,
     MODULES,
     NAMESPACE,
-    RUNTIME,
     ContainerdApi,
     Env,
-    _modules_image,
+    hello_busybox_and_modules,
     leftovers_of,
+    private_containerd_env,
 )
 
 __all__ = [
@@ -211,30 +208,6 @@ class FaultEnv(Env):
         """``ctr run`` options that put a container in the pod/group ``group``."""
         return ("--annotation", f"{GROUP_ANNOTATION}={group}")
 
-    def run_detached(
-        self, image: str, cid: str, *cmd: str, opts: Sequence[str] = (), timeout: float = 60.0
-    ) -> None:
-        """``ctr run -d [opts]``: the task keeps running; the caller kills and deletes it."""
-        result = self.ctr("run", "-d", "--runtime", RUNTIME, *opts, image, cid, *cmd,
-                          timeout=timeout)  # fmt: skip
-        assert result.returncode == 0, f"{result.stderr}\n{self.log(cid)}"
-
-    def popen_run(
-        self, image: str, cid: str, *cmd: str, opts: Sequence[str] = ()
-    ) -> subprocess.Popen[str]:
-        """``ctr run --rm [opts] …`` in the background (stdout and stderr piped)."""
-        args = ("run", "--rm", "--runtime", RUNTIME, *opts, image, cid, *cmd)
-        self.ctd.tracker.add_tokens(args)
-        argv = [str(self.ctd.binaries.ctr), "-a", str(self.ctd.address), "-n", NAMESPACE, *args]
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.ctd.environment(),
-        )
-
     def remove_ctr_fifos(self, cid: str) -> None:
         """Remove ``ctr``'s stdio fifo dir of ``cid``: when containerd deletes a task itself
         (after its shim died) no ``ctr`` ever closes that task's IO (with runc neither)."""
@@ -280,38 +253,22 @@ class FaultEnv(Env):
 
     def stop_containerd(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         """Stop containerd with ``sig`` (its shims keep running), leaving it restartable."""
-        proc = self.ctd._proc
-        assert proc is not None and proc.poll() is None, "containerd is not running"
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        self.ctd.stop_keeping_state(sig, timeout)
 
     def start_containerd(self, timeout: float = 30.0) -> None:
         """Start containerd again on the same config, root and state (after
         :meth:`stop_containerd`); the leak tracker keeps its first snapshot."""
-        ctd = self.ctd
-        assert ctd._proc is not None and ctd._proc.poll() is not None, "containerd runs"
-        with open(ctd.log_path, "ab") as log:
-            ctd._proc = subprocess.Popen(
-                [str(ctd.binaries.containerd), "--config", str(ctd.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=ctd.environment(),
-                cwd=ctd.base,
-                start_new_session=True,
-            )
-        ctd._wait_ready(timeout)
-        # A fresh channel: the old one may sit in reconnect backoff.
-        self.api.close()
-        self.api = ContainerdApi(ctd.address)
+        self.ctd.start_again(timeout)
+        self._reconnect_api()
 
     def restart_containerd(self, sig: int = signal.SIGTERM) -> None:
-        self.stop_containerd(sig)
-        self.start_containerd()
+        self.ctd.restart(sig)
+        self._reconnect_api()
+
+    def _reconnect_api(self) -> None:
+        # A fresh channel: the old one may sit in reconnect backoff.
+        self.api.close()
+        self.api = ContainerdApi(self.ctd.address)
 
 
 def _shim_dirs() -> list[Path]:
@@ -326,24 +283,15 @@ def faults(
     containerd_binaries: ContainerdBinaries, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FaultEnv]:
     """One private containerd for a module's fault tests, with the test images imported."""
-    fx = build_all()
-    tmp = tmp_path_factory.mktemp("faults")
-    with PrivateContainerd(
+    with private_containerd_env(
         containerd_binaries,
-        extra_path=[*_shim_dirs(), Path(sys.executable).parent],
-        log_path=tmp / "containerd.log",
-    ) as ctd:
-        for archive in (
-            fx.images["hello"].path,
-            fx.images["busybox"].path,
-            _modules_image(fx, tmp),
-        ):
-            ctd.ctr("images", "import", "--all-platforms", str(archive), check=True)
-        api = ContainerdApi(ctd.address)
-        try:
-            yield FaultEnv(ctd, fx, api)
-        finally:
-            api.close()
+        tmp_path_factory.mktemp("faults"),
+        hello_busybox_and_modules,
+        env_type=FaultEnv,
+        extra_path=_shim_dirs(),
+    ) as env:
+        yield env
+    ctd = env.ctd
     if ctd.stop_leftovers:
         record("leaks", len(ctd.stop_leftovers))
     assert ctd.stop_leftovers == [], ctd.stop_leftovers

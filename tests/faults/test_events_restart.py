@@ -18,20 +18,17 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.fixtures.wasm.build import build_all
 from tests.support.containerd import ContainerdBinaries, PrivateContainerd, process_alive
 
 from .conftest import HELLO, FaultEnv
 
 # After conftest's import, which skips this module when not root.
-from tests.integration.test_wasm_containers import ContainerdApi, leftovers_of  # isort: skip
+from tests.integration.test_wasm_containers import leftovers_of, private_containerd_env  # isort: skip
 
 pytestmark = [pytest.mark.containerd, pytest.mark.root, pytest.mark.slow]
 
@@ -47,23 +44,18 @@ def env(
 ) -> Iterator[FaultEnv]:
     """This module's own containerd (it is stopped and started by the test), with the
     hello image; at the end nothing of the module's containers may be left."""
-    fx = build_all()
-    tmp = tmp_path_factory.mktemp("events-restart")
-    with PrivateContainerd(
+    with private_containerd_env(
         containerd_binaries,
-        extra_path=[Path(sys.executable).parent],
-        log_path=tmp / "containerd.log",
-    ) as ctd:
-        ctd.ctr("images", "import", "--all-platforms", str(fx.images["hello"].path), check=True)
-        api = ContainerdApi(ctd.address)
-        env = FaultEnv(ctd, fx, api)
+        tmp_path_factory.mktemp("events-restart"),
+        lambda fx, _: [fx.images["hello"].path],
+        env_type=FaultEnv,
+    ) as env:
         try:
             yield env
         finally:
-            api.close()
-            if not ctd.running:  # the test failed while containerd was down
+            if not env.ctd.running:  # the test failed while containerd was down
                 env.start_containerd()
-    assert ctd.stop_leftovers == [], ctd.stop_leftovers
+    assert env.ctd.stop_leftovers == [], env.ctd.stop_leftovers
 
 
 def _wait(condition: str, check: Callable[[], object], timeout: float, why: str = "") -> None:

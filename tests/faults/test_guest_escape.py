@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +32,7 @@ import pytest
 
 from containerd_shim_wasm import oci_tar_builder as otb
 from tests.fixtures.wasm.build import build_all
-from tests.support.containerd import ContainerdBinaries, PrivateContainerd, read_cmdline
+from tests.support.containerd import ContainerdBinaries, read_cmdline
 
 if os.geteuid() != 0:
     pytest.skip("a private containerd and containers need root", allow_module_level=True)
@@ -41,9 +40,9 @@ if os.geteuid() != 0:
 from tests.integration.test_wasm_containers import (
     BUSYBOX,
     RUNTIME,
-    ContainerdApi,
     Env,
     leftovers_of,
+    private_containerd_env,
 )
 
 pytestmark = [pytest.mark.containerd, pytest.mark.root]
@@ -97,22 +96,15 @@ def _probe_image(out: Path) -> Path:
 def env(
     containerd_binaries: ContainerdBinaries, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Env]:
-    fx = build_all()
-    tmp = tmp_path_factory.mktemp("guest-escape")
-    with PrivateContainerd(
+    with private_containerd_env(
         containerd_binaries,
-        extra_path=[Path(sys.executable).parent],
+        tmp_path_factory.mktemp("guest-escape"),
+        lambda fx, tmp: [fx.images["busybox"].path, _probe_image(tmp)],
+        env_type=Env,
         env={SHIM_SECRET: SECRET_VALUE, "SHIM_LOG_LEVEL": "debug"},
-        log_path=tmp / "containerd.log",
-    ) as ctd:
-        for archive in (fx.images["busybox"].path, _probe_image(tmp)):
-            ctd.ctr("images", "import", "--all-platforms", str(archive), check=True)
-        api = ContainerdApi(ctd.address)
-        try:
-            yield Env(ctd, fx, api)
-        finally:
-            api.close()
-    assert ctd.stop_leftovers == [], ctd.stop_leftovers
+    ) as started:
+        yield started
+    assert started.ctd.stop_leftovers == [], started.ctd.stop_leftovers
 
 
 @pytest.fixture(autouse=True)

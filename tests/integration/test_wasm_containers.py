@@ -22,6 +22,7 @@ report (``stop_leftovers``) must be empty.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -34,10 +35,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc  # type: ignore[import-untyped, unused-ignore]
 import pytest
@@ -172,14 +173,20 @@ class Env:
             input=input, timeout=timeout,
         )  # fmt: skip
 
-    def run_detached(self, image: str, cid: str, *cmd: str) -> None:
-        """``ctr run -d``: the task keeps running; the caller kills and deletes it."""
-        result = self.ctr("run", "-d", "--runtime", RUNTIME, image, cid, *cmd)
+    def run_detached(
+        self, image: str, cid: str, *cmd: str, opts: Sequence[str] = (), timeout: float = 60.0
+    ) -> None:
+        """``ctr run -d [opts]``: the task keeps running; the caller kills and deletes it."""
+        result = self.ctr("run", "-d", "--runtime", RUNTIME, *opts, image, cid, *cmd,
+                          timeout=timeout)  # fmt: skip
         assert result.returncode == 0, f"{result.stderr}\n{self.log(cid)}"
 
-    def popen_run(self, image: str, cid: str, *cmd: str) -> subprocess.Popen[str]:
-        """``ctr run --rm …`` in the background (stdout piped), e.g. to kill it meanwhile."""
-        args = ("run", "--rm", "--runtime", RUNTIME, image, cid, *cmd)
+    def popen_run(
+        self, image: str, cid: str, *cmd: str, opts: Sequence[str] = ()
+    ) -> subprocess.Popen[str]:
+        """``ctr run --rm [opts] …`` in the background (stdout and stderr piped), e.g. to
+        kill it meanwhile."""
+        args = ("run", "--rm", "--runtime", RUNTIME, *opts, image, cid, *cmd)
         self.ctd.tracker.add_tokens(args)
         argv = [str(self.ctd.binaries.ctr), "-a", str(self.ctd.address), "-n", NAMESPACE, *args]
         return subprocess.Popen(
@@ -235,30 +242,57 @@ def _modules_image(fx: Fixtures, out: Path) -> Path:
     return image.write(out / "wasm-modules.tar")
 
 
+def hello_busybox_and_modules(fx: Fixtures, out: Path) -> list[Path]:
+    """The archives of :data:`HELLO`, :data:`BUSYBOX` and :data:`MODULES` (built in ``out``)."""
+    return [fx.images["hello"].path, fx.images["busybox"].path, _modules_image(fx, out)]
+
+
+E = TypeVar("E", bound=Env)
+
+
+@contextlib.contextmanager
+def private_containerd_env(
+    binaries: ContainerdBinaries,
+    tmp: Path,
+    images: Callable[[Fixtures, Path], Iterable[Path]],
+    *,
+    env_type: type[E],
+    extra_path: Sequence[Path] = (),
+    env: Mapping[str, str] | None = None,
+) -> Iterator[E]:
+    """A module's private containerd (its log in ``tmp``, the venv's ``bin`` last on its PATH
+    after ``extra_path``, ``env`` added to its environment) with the archives ``images(fx,
+    tmp)`` imported, as an ``env_type``. containerd is stopped on exit; what it left is in
+    the env's ``ctd.stop_leftovers``, for the caller to check."""
+    fx = build_all()
+    with PrivateContainerd(
+        binaries,
+        extra_path=[*extra_path, Path(sys.executable).parent],
+        env=env,
+        log_path=tmp / "containerd.log",
+    ) as ctd:
+        for archive in images(fx, tmp):
+            ctd.ctr("images", "import", "--all-platforms", str(archive), check=True)
+        started = env_type(ctd, fx, ContainerdApi(ctd.address))
+        try:
+            yield started
+        finally:
+            started.api.close()
+
+
 @pytest.fixture(scope="module")
 def env(
     containerd_binaries: ContainerdBinaries, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Env]:
-    fx = build_all()
-    tmp = tmp_path_factory.mktemp("wasm-containers")
-    with PrivateContainerd(
+    with private_containerd_env(
         containerd_binaries,
-        extra_path=[Path(sys.executable).parent],
+        tmp_path_factory.mktemp("wasm-containers"),
+        hello_busybox_and_modules,
+        env_type=Env,
         env={SHIM_SECRET: "leaked-from-the-shim"},
-        log_path=tmp / "containerd.log",
-    ) as ctd:
-        for archive in (
-            fx.images["hello"].path,
-            fx.images["busybox"].path,
-            _modules_image(fx, tmp),
-        ):
-            ctd.ctr("images", "import", "--all-platforms", str(archive), check=True)
-        api = ContainerdApi(ctd.address)
-        try:
-            yield Env(ctd, fx, api)
-        finally:
-            api.close()
-    assert ctd.stop_leftovers == [], ctd.stop_leftovers
+    ) as started:
+        yield started
+    assert started.ctd.stop_leftovers == [], started.ctd.stop_leftovers
 
 
 def _cgroup_dirs(cid: str) -> list[Path]:

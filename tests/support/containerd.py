@@ -970,6 +970,18 @@ class PrivateContainerd:
             d.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text())
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._launch()
+        _LIVE.add(self)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _launch(self) -> None:
+        """Start the containerd process on the written config (its output appended to the
+        log)."""
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 [str(self.binaries.containerd), "--config", str(self.config_path)],
@@ -981,13 +993,30 @@ class PrivateContainerd:
                 # Own session: a Ctrl-C of the test run reaches pytest, which then stops it.
                 start_new_session=True,
             )
-        _LIVE.add(self)
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+
+    def stop_keeping_state(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        """Stop the containerd process with ``sig`` (SIGKILL after ``timeout``) and nothing
+        else: its shims keep running, and its config, root, state, log and leak tracker stay
+        for :meth:`start_again`."""
+        if not self.running:
+            raise ContainerdError("containerd is not running")
+        self._terminate_containerd(timeout, sig)
+
+    def start_again(self, timeout: float = 30.0) -> None:
+        """Start containerd again on the same config, root and state after
+        :meth:`stop_keeping_state` (or after it died); the leak tracker keeps its first
+        snapshot."""
+        if self._proc is None or self._stopped:
+            raise ContainerdError("containerd was never started, or was stopped for good")
+        if self.running:
+            raise ContainerdError("containerd is running")
+        self._launch()
+        self._wait_ready(timeout)
+
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        """:meth:`stop_keeping_state` with ``sig``, then :meth:`start_again`."""
+        self.stop_keeping_state(sig)
+        self.start_again()
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -1060,12 +1089,12 @@ class PrivateContainerd:
             with contextlib.suppress(OSError):
                 unmount(mp)
 
-    def _terminate_containerd(self, timeout: float) -> None:
+    def _terminate_containerd(self, timeout: float, sig: int = signal.SIGTERM) -> None:
         proc = self._proc
         if proc is None:
             return
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
