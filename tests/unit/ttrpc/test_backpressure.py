@@ -71,6 +71,17 @@ def pipeline(peer: RawPeer, method: str, count: int) -> list[int]:
     return stream_ids
 
 
+async def fill_every_slot_with_waits(
+    server: RunningServer, tasks: FakeTasks
+) -> tuple[RawPeer, list[int]]:
+    """A new peer that pipelined 5 × BOUND Waits, once BOUND of them are running (they
+    end when ``tasks.release_wait`` is set); the peer and the Waits' stream ids."""
+    peer = await RawPeer.connect(server.path)
+    stream_ids = pipeline(peer, "Wait", 5 * BOUND)
+    await until(lambda: tasks.waits_started >= BOUND)
+    return peer, stream_ids
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -78,9 +89,7 @@ def open_fds() -> int:
 async def test_pipelined_requests_run_at_most_max_in_flight_at_once(
     bounded: RunningServer, tasks: FakeTasks
 ) -> None:
-    peer = await RawPeer.connect(bounded.path)
-    stream_ids = pipeline(peer, "Wait", 5 * BOUND)
-    await until(lambda: tasks.waits_started >= BOUND)
+    peer, stream_ids = await fill_every_slot_with_waits(bounded, tasks)
     await round_trip(bounded)
     assert tasks.waits_started == BOUND  # the others are still unread
     tasks.release_wait.set()
@@ -115,9 +124,7 @@ async def test_a_peer_that_does_not_read_is_no_longer_read(
 async def test_closing_a_flooding_peer_cancels_its_handlers_and_drops_the_rest(
     bounded: RunningServer, tasks: FakeTasks
 ) -> None:
-    peer = await RawPeer.connect(bounded.path)
-    pipeline(peer, "Wait", 5 * BOUND)
-    await until(lambda: tasks.waits_started >= BOUND)
+    peer, _ = await fill_every_slot_with_waits(bounded, tasks)
     # All slots hold a Wait that would never end: only the read-ahead can see the close.
     await peer.close()
     await until(lambda: len(tasks.cancelled) == BOUND)

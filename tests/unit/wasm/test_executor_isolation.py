@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,31 +107,18 @@ def test_a_native_executable_keeps_its_kernel_filesystems(
     assert result_in_child(work) == {"native": True, "env": "1"}
 
 
-def test_a_failure_to_hide_fails_create(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _what_prepare_says(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    hide: Callable[[], list[str]],
+    mount_ns: str | None = "",
+) -> object:
+    """Prepare a wasm container (``/m.wasm``, mount namespace as in :func:`_setup`) in a
+    forked child whose ``hide_kernel_filesystems`` is ``hide``: the error it fails with,
+    or ``"prepared"``."""
+
     def work() -> object:
-        def refuse() -> list[str]:
-            raise executor_error("detaching /proc: Invalid argument")
-
-        monkeypatch.setattr(executor, "hide_kernel_filesystems", refuse)
-        workload = executor.WasmWorkload(FakeShim, None)
-        try:
-            workload.prepare(_setup(["/m.wasm"], tmp_path))
-        except Exception as exc:
-            return str(exc)
-        return "prepared"
-
-    assert result_in_child(work) == "detaching /proc: Invalid argument"
-
-
-@pytest.mark.parametrize("mount_ns", ["/proc/4242/ns/mnt", None], ids=["joined", "host"])
-def test_a_wasm_guest_never_runs_in_a_shared_mount_namespace(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mount_ns: str | None
-) -> None:
-    def work() -> object:
-        def fail() -> list[str]:
-            raise AssertionError("another container's /proc must stay")
-
-        monkeypatch.setattr(executor, "hide_kernel_filesystems", fail)
+        monkeypatch.setattr(executor, "hide_kernel_filesystems", hide)
         workload = executor.WasmWorkload(FakeShim, None)
         try:
             workload.prepare(_setup(["/m.wasm"], tmp_path, mount_ns))
@@ -138,7 +126,26 @@ def test_a_wasm_guest_never_runs_in_a_shared_mount_namespace(
             return str(exc)
         return "prepared"
 
-    assert "needs a mount namespace of its own" in str(result_in_child(work))
+    return result_in_child(work)
+
+
+def test_a_failure_to_hide_fails_create(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse() -> list[str]:
+        raise executor_error("detaching /proc: Invalid argument")
+
+    said = _what_prepare_says(tmp_path, monkeypatch, refuse)
+    assert said == "detaching /proc: Invalid argument"
+
+
+@pytest.mark.parametrize("mount_ns", ["/proc/4242/ns/mnt", None], ids=["joined", "host"])
+def test_a_wasm_guest_never_runs_in_a_shared_mount_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mount_ns: str | None
+) -> None:
+    def fail() -> list[str]:
+        raise AssertionError("another container's /proc must stay")
+
+    said = _what_prepare_says(tmp_path, monkeypatch, fail, mount_ns)
+    assert "needs a mount namespace of its own" in str(said)
 
 
 def executor_error(message: str) -> Exception:
