@@ -172,11 +172,19 @@ def lang(server: Served, components: dict[str, Path]) -> str:
     return next(name for name, path in components.items() if path == server.component)
 
 
-def fetch(server: Served, path: str, headers: dict[str, str] | None = None) -> Reply:
+def fetch(
+    server: Served,
+    path: str,
+    headers: dict[str, str] | None = None,
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+) -> Reply:
+    """One request on a fresh connection; the whole reply."""
     host, port = urllib.parse.urlsplit(server.url).netloc.split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
     try:
-        conn.request("GET", path, headers=headers or {})
+        conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
         return Reply(response.status, response.getheaders(), response.read())
     finally:
@@ -256,20 +264,9 @@ def test_status_and_not_found(served: Served, path: str, status: int) -> None:
         assert reply.body == b""
 
 
-def test_post_to_a_get_route_is_404(served: Served) -> None:
-    reply, _, _ = echo_path(served, "/hello")
-    assert reply.status == 404
-
-
-def echo_path(server: Served, path: str) -> tuple[Reply, str, str]:
-    host, port = urllib.parse.urlsplit(server.url).netloc.split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=60)
-    try:
-        conn.request("POST", path, body=b"x")
-        response = conn.getresponse()
-        return Reply(response.status, response.getheaders(), response.read()), "", ""
-    finally:
-        conn.close()
+def test_routes_are_per_method(served: Served) -> None:
+    assert fetch(served, "/hello", method="POST", body=b"x").status == 404
+    assert fetch(served, "/echo").status == 404
 
 
 def test_outgoing_request(served: Served, upstream: str) -> None:
