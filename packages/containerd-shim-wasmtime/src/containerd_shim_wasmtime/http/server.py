@@ -289,8 +289,14 @@ class ProxyServer:
         body.close_reader()
         self._running -= 1
         self._slots.release()
-        if not future.cancelled() and future.exception() is not None:
-            log.error("guest handler failed", exc_info=future.exception())
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            log.error("guest handler failed", exc_info=exc)
+        elif future.result().error is not None:
+            # Also after the response went out (then only the connection shows it).
+            log.warning("guest failed: %s", future.result().error)
 
     async def _send_failure(
         self,
