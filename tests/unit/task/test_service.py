@@ -105,6 +105,21 @@ async def test_delete_after_create_without_start() -> None:
         await service.state(shim_pb2.StateRequest(id="c1"))
 
 
+async def test_an_init_killed_before_start_has_exited() -> None:
+    # ctr run cancelled between Create and Start, then ctr task kill: Wait used to block
+    # forever (the exit was only watched from Start on) and the task stayed CREATED.
+    service, sink, _ = make_service()
+    await create(service)
+    await service.kill(shim_pb2.KillRequest(id="c1", signal=9))
+    waited = await asyncio.wait_for(service.wait(shim_pb2.WaitRequest(id="c1")), 5)
+    assert waited.exit_status == 137
+    state = await service.state(shim_pb2.StateRequest(id="c1"))
+    assert state.status == task_types_pb2.STOPPED and state.exit_status == 137
+    response = await service.delete(shim_pb2.DeleteRequest(id="c1"))
+    assert response.exit_status == 137
+    assert sink.topics() == ["/tasks/create", "/tasks/exit", "/tasks/delete"]
+
+
 async def test_shutdown_is_ignored_while_containers_remain_even_with_now() -> None:
     # runc's shim ignores ``now`` while it has tasks: exiting would destroy them.
     service, _, idle = make_service()

@@ -157,10 +157,14 @@ class RemotePublisher:
 
     async def close(self) -> None:
         """Stop the forwarder and close the connection."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        task, self._task = self._task, None
+        while task is not None and not task.done():
+            # Again until it ends: on Python 3.11 a wait_for whose inner call finishes at
+            # the moment of the cancel swallows it (gh-86296), and the loop would go on.
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
         await self._disconnect()
 
     async def _forward_loop(self) -> None:

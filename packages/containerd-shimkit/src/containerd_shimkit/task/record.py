@@ -40,6 +40,11 @@ class TaskRecord:
     def record_exit(self, status: ExitStatus) -> None:
         """Store the exit status and wake every Wait."""
         self.exit = status
-        if self.state in (TaskState.STARTING, TaskState.RUNNING, TaskState.PAUSED):
+        if self.state in (
+            TaskState.CREATED,
+            TaskState.STARTING,
+            TaskState.RUNNING,
+            TaskState.PAUSED,
+        ):
             self.advance(TaskEvent.EXITED)
         self.exited.set()

@@ -157,9 +157,12 @@ class TaskService:
         return record
 
     async def _watch_exit(self, record: TaskRecord) -> None:
-        """Publish TaskExit when the init process ends (the background waiter)."""
+        """Publish TaskExit when the init process ends (the background waiter, from Create
+        on: an init killed before Start has exited too, and Wait must say so)."""
         with container_context(record.id):
             status = await record.instance.wait()
+            if record.exit is not None:
+                return  # a failed Start already recorded (and Delete reports) its end
             # Queue the event before the state changes, so Delete (allowed only once the
             # state says EXITED) can never publish TaskDelete ahead of TaskExit.
             self.events.publish(
@@ -228,6 +231,7 @@ class TaskService:
                 pid=pid,
             )
             self.tasks[id] = record
+            record.waiter = asyncio.get_running_loop().create_task(self._watch_exit(record))
             self.events.publish(
                 events_pb2.TaskCreate(
                     container_id=id,
@@ -261,7 +265,6 @@ class TaskService:
                 self.events.publish(events_pb2.TaskStart(container_id=record.id, pid=pid))
                 if record.state is TaskState.STARTING:
                     record.advance(TaskEvent.STARTED)
-                record.waiter = asyncio.get_running_loop().create_task(self._watch_exit(record))
             log.info("container started", extra={"pid": pid})
             return shim_pb2.StartResponse(pid=pid)
 

@@ -44,6 +44,8 @@ class TaskEvent(Enum):
 
 TRANSITIONS: dict[tuple[TaskState, TaskEvent], TaskState] = {
     (TaskState.CREATED, TaskEvent.START): TaskState.STARTING,
+    # The init can die before Start (killed, or it gave up waiting): Wait must return.
+    (TaskState.CREATED, TaskEvent.EXITED): TaskState.EXITED,
     (TaskState.STARTING, TaskEvent.STARTED): TaskState.RUNNING,
     (TaskState.STARTING, TaskEvent.START_FAILED): TaskState.EXITED,
     # A process can exit while Start is still returning (it ran for microseconds).
