@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import h11
+import httpx
 import pytest
 from http_support import serving
 
-from containerd_shim_wasmtime.http import ProxyComponent
+from containerd_shim_wasmtime.http import ProxyComponent, ProxyServer, bind_socket
 
 MiB = 1 << 20
 
@@ -154,6 +155,9 @@ class _Counting:
         self.calls += 1
         return self.proxy.handle(*args, **kwargs)
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.proxy, name)
+
 
 async def test_malformed_requests_get_400_without_the_guest(proxy: Any) -> None:
     counting = _Counting(proxy)
@@ -230,7 +234,8 @@ async def test_no_fd_or_thread_leak(proxy: Any) -> None:
                 assert (await client.get("/hello")).status_code == 200
             await asyncio.gather(*(client.get("/hello") for _ in range(12)))
             assert (await client.get("/trap")).status_code == 500
-        assert threading.active_count() <= threads_before + 3
+        # The pool's workers and the epoch ticker, nothing per request.
+        assert threading.active_count() <= threads_before + 3 + 1
     # Closed transports let go of their sockets on the next loop iterations.
     for _ in range(100):
         if _fds() <= fds_before:
@@ -245,3 +250,22 @@ async def test_head_has_no_body(proxy: Any, method: str) -> None:
         r = await client.request(method, "/hello")
         assert r.content == b""
         assert (await client.get("/hello")).status_code == 200
+
+
+async def test_drain_closes_idle_connections_and_cuts_stragglers(proxy: Any) -> None:
+    server = ProxyServer(proxy, request_timeout=30)
+    sock = bind_socket("127.0.0.1:0")
+    port = sock.getsockname()[1]
+    serve = asyncio.create_task(server.serve(sock))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        assert (await client.get("/hello")).status_code == 200  # leaves an idle connection
+        spinning = asyncio.create_task(client.get("/spin"))
+        while server.running == 0:  # the guest has started
+            await asyncio.sleep(0.01)
+        # Returns although a keep-alive connection is idle and a guest spins for 30 s.
+        await server.drain(0.2)
+        await serve
+        with pytest.raises(httpx.HTTPError):
+            await spinning
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)

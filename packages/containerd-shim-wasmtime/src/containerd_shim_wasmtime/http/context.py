@@ -30,9 +30,15 @@ class RequestContext(CallContext):
         self.deadline = deadline
         self.client = client
         self.exit_code: int | None = None
+        #: Set by :meth:`ProxyComponent.interrupt`: host waits trap at once.
+        self.interrupted = False
+        #: The Store's epoch deadline, in ticks.
+        self.ticks = 0
 
     def remaining(self) -> float:
         """Seconds left before the deadline; raises :class:`DeadlineExceeded` at 0."""
+        if self.interrupted:
+            raise DeadlineExceeded("interrupted: the server is stopping")
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise DeadlineExceeded("request deadline exceeded")

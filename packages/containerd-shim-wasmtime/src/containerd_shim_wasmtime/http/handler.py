@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,54 @@ def proxy_engine() -> wasmtime.Engine:
     for name, value in INTERRUPTIBLE_FLAGS.items():
         setattr(config, name, value)
     return wasmtime.Engine(config)
+
+
+class EpochTicker:
+    """Increments an engine's epoch every :data:`EPOCH_TICK` while guests run on it.
+
+    A daemon thread, started by the first running guest and gone one tick after the last:
+    an idle server costs no wake-ups, and the deadlines of guests that outlive their
+    server's event loop (cut connections) still expire. One per engine, since the epoch is
+    the engine's: two tickers would halve every deadline.
+    """
+
+    def __init__(self, engine: wasmtime.Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._running = 0
+        self._thread: threading.Thread | None = None
+
+    def enter(self) -> None:
+        with self._lock:
+            self._running += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._tick, name="wasi-http-epoch", daemon=True
+                )
+                self._thread.start()
+
+    def exit(self) -> None:
+        with self._lock:
+            self._running -= 1
+
+    def _tick(self) -> None:
+        while True:
+            time.sleep(EPOCH_TICK)
+            with self._lock:
+                if self._running == 0:
+                    self._thread = None
+                    return
+            self.engine.increment_epoch()
+
+    def expire(self, ticks: int) -> None:
+        """Move the epoch ``ticks`` ahead: every deadline up to that far away passes."""
+        for _ in range(ticks):
+            self.engine.increment_epoch()
+
+
+@functools.cache
+def ticker_for(engine: wasmtime.Engine) -> EpochTicker:
+    return EpochTicker(engine)
 
 
 class GuestFailed(Exception):
@@ -90,6 +139,9 @@ class ProxyComponent:
         self._request_type = ids[("wasi:http/types", "incoming-request")]
         self._outparam_type = ids[("wasi:http/types", "response-outparam")]
         self._handle = self._find_handler()
+        self._ticker = ticker_for(self.engine)
+        self._active: set[_Request] = set()
+        self._active_lock = threading.Lock()
 
     def _find_handler(self) -> wc.ExportIndex:
         for name in self.component.type.exports(self.engine):
@@ -119,16 +171,19 @@ class ProxyComponent:
         """Run the guest's ``handle`` for ``request`` on this thread (blocking).
 
         ``on_set`` is called (on this thread) when the guest sets the response. The
-        deadline is enforced by epochs (:data:`EPOCH_TICK`; someone must call
-        ``engine.increment_epoch`` that often: the server does) and in host waits.
+        deadline is enforced by epochs (:class:`EpochTicker`) and in host waits.
         """
         ctx = _Request(time.monotonic() + timeout, self.client, loop)
         ctx.waker = request.body.waker  # the connection's pipe notifies this waker
+        ctx.ticks = max(1, int(timeout / EPOCH_TICK) + 1)
         outparam = ResponseOutparam(on_set)
         lowering.bind(ctx)
+        with self._active_lock:
+            self._active.add(ctx)
+        self._ticker.enter()
         try:
             store = wasmtime.Store(self.engine)
-            store.set_epoch_deadline(max(1, int(timeout / EPOCH_TICK) + 1))
+            store.set_epoch_deadline(ctx.ticks)
             try:
                 instance = self.linker.instantiate(store, self.component)
                 func = instance.get_func(store, self._handle)
@@ -155,10 +210,28 @@ class ProxyComponent:
                 return Outcome(GuestFailed("the guest returned without setting a response"))
             return Outcome(None)
         finally:
+            self._ticker.exit()
+            with self._active_lock:
+                self._active.discard(ctx)
             lowering.bind(None)
+
+    def interrupt(self) -> None:
+        """End every guest running :meth:`handle` now: those computing trap at their next
+        epoch check, those waiting in a host call wake up and trap. For shutdown: the
+        epoch is the engine's, so guests of other components on the same engine (none,
+        with one server per process) have their deadlines advanced too."""
+        with self._active_lock:
+            active = list(self._active)
+        for ctx in active:
+            ctx.interrupted = True
+            ctx.waker.notify()
+        if active:
+            self._ticker.expire(max(ctx.ticks for ctx in active) + 1)
 
     def _failure(self, exc: BaseException, ctx: RequestContext) -> GuestFailed:
         cause = ctx.error
+        if ctx.interrupted:
+            return GuestFailed("interrupted: the server is stopping")
         if isinstance(cause, DeadlineExceeded):
             return GuestFailed("request deadline exceeded (in a host call)", timed_out=True)
         reason = _trap_reason(str(exc))

@@ -48,6 +48,11 @@ class Pipe:
         self._error: str | None = None  # the writer failed: readers see an error
         self._reader_gone = False  # the reader closed: further writes are dropped
         self._loop_event = asyncio.Event()
+        # Whether the loop side awaits ``_loop_event``: waking the loop costs a write to
+        # its self-pipe and an iteration, so the guest's thread only does it then. The
+        # loop sets this *before* it re-checks the state, the thread checks it *after* it
+        # changed the state: one of them always sees the other.
+        self._loop_waiting = False
         #: Trailers that came with (request) or go after (response) the body.
         self.trailers: list[tuple[bytes, bytes]] | None = None
 
@@ -55,8 +60,9 @@ class Pipe:
 
     def _changed(self) -> None:
         self.waker.notify()
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to wake
-            self._loop.call_soon_threadsafe(self._loop_event.set)
+        if self._loop_waiting:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to wake
+                self._loop.call_soon_threadsafe(self._loop_event.set)
 
     def close(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
         """The writer is done (EOF), optionally with trailers."""
@@ -134,17 +140,28 @@ class Pipe:
 
     async def put(self, data: bytes) -> None:
         """Write ``data``, waiting while the pipe is full (the guest is behind)."""
-        while self._size > 0 and self._size + len(data) > self.capacity and not self._reader_gone:
+        while self._full(len(data)):
             self._loop_event.clear()
-            if self._size > 0 and self._size + len(data) > self.capacity and not self._reader_gone:
-                await self._loop_event.wait()
+            self._loop_waiting = True
+            try:
+                if self._full(len(data)):
+                    await self._loop_event.wait()
+            finally:
+                self._loop_waiting = False
         self.write(data)
+
+    def _full(self, n: int) -> bool:
+        return self._size > 0 and self._size + n > self.capacity and not self._reader_gone
 
     async def get(self) -> bytes | None:
         """The next chunk; ``None`` at EOF; raises :class:`PipeError` if the writer failed."""
         while True:
             self._loop_event.clear()
-            chunk = self.read(1 << 20)
-            if chunk is None or chunk:
-                return chunk
-            await self._loop_event.wait()
+            self._loop_waiting = True
+            try:
+                chunk = self.read(1 << 20)
+                if chunk is None or chunk:
+                    return chunk
+                await self._loop_event.wait()
+            finally:
+                self._loop_waiting = False

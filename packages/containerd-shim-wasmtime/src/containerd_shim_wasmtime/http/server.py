@@ -31,7 +31,7 @@ from typing import Any
 import h11
 
 from .fields import Fields
-from .handler import DEFAULT_REQUEST_TIMEOUT, EPOCH_TICK, Outcome, ProxyComponent
+from .handler import DEFAULT_REQUEST_TIMEOUT, Outcome, ProxyComponent
 from .http_types import IncomingRequest, ResponseHead
 from .lowering import Case
 from .pipe import Pipe, PipeError, Waker
@@ -108,8 +108,7 @@ class ProxyServer:
         self._server: asyncio.Server | None = None
         self._closed = asyncio.Event()
         self._draining = False
-        self._running = 0  # guests running: the epoch ticker runs while > 0
-        self._ticker: asyncio.Task[None] | None = None
+        self._running = 0
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -123,7 +122,7 @@ class ProxyServer:
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, close idle connections, give requests in flight ``timeout``
-        seconds to finish, then cut the rest (guests still running stop at their deadline)."""
+        seconds to finish, then cut the rest and interrupt their guests."""
         self._draining = True
         if self._server is not None:
             self._server.close()
@@ -140,7 +139,8 @@ class ProxyServer:
         await self.close()
 
     async def close(self) -> None:
-        """Stop at once: cut every connection, stop the worker pool."""
+        """Stop at once: cut every connection, interrupt the guests still running (see
+        :meth:`ProxyComponent.interrupt`), stop the worker pool."""
         self._draining = True
         self._closed.set()
         if self._server is not None:
@@ -149,26 +149,18 @@ class ProxyServer:
             task.cancel()
         if self._connections:
             await asyncio.wait(list(self._connections))
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-        # Threads still running a guest finish at their deadline; nothing waits for them.
+        # Guests still running (their connection was cut) stop now, so that their threads
+        # end: nothing else would before their deadline.
+        self.component.interrupt()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    # -- epochs -------------------------------------------------------------------------
-
-    async def _tick(self) -> None:
-        engine = self.component.engine
-        while self._running:
-            await asyncio.sleep(EPOCH_TICK)
-            engine.increment_epoch()
-        self._ticker = None
+    @property
+    def running(self) -> int:
+        """Guests running now."""
+        return self._running
 
     def _guest_started(self) -> None:
         self._running += 1
-        if self._ticker is None:
-            self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     # -- connections ----------------------------------------------------------------------
 
@@ -323,23 +315,29 @@ class ProxyServer:
         response = h11.Response(
             status_code=head.status, headers=headers, reason=_reason(head.status)
         )
-        writer.write(conn.send(response))
+        # Output is gathered and written once the body has nothing ready (or 64 KiB are
+        # pending): a small response is one send(), not one per h11 event.
+        out = bytearray(conn.send(response))
         no_body = request.method == b"HEAD" or head.status in (204, 304)
         while True:
+            if out and (len(out) >= _READ or not head.body.readable()):
+                writer.write(bytes(out))
+                out.clear()
+                await writer.drain()
             try:
                 chunk = await head.body.get()
             except PipeError as exc:
                 # The guest failed mid-body: the client must not take it for complete.
+                writer.write(bytes(out))
                 log.warning("%s: response body failed: %s", _target(request), exc)
                 conn.send_failed()
                 return
             if chunk is None:
                 break
             if not no_body:
-                writer.write(conn.send(h11.Data(data=chunk)))
-                await writer.drain()
-        trailers = head.body.trailers or []
-        writer.write(conn.send(h11.EndOfMessage(headers=trailers)))
+                out += conn.send(h11.Data(data=chunk))
+        out += conn.send(h11.EndOfMessage(headers=head.body.trailers or []))
+        writer.write(bytes(out))
         await writer.drain()
 
 
