@@ -266,7 +266,17 @@ class ProxyServer:
                 log.warning("guest answered %s with error %s", _target(request), value)
                 await _send_simple(conn, writer, 500, f"guest error: {value.tag}")
                 return False
-            await self._send_response(conn, writer, request, value)
+            if value.status < 200:
+                log.warning("%s: the guest answered %d", _target(request), value.status)
+                await _send_simple(conn, writer, 500, f"bad response status {value.status}")
+                return False
+            try:
+                await self._send_response(conn, writer, request, value)
+            except h11.LocalProtocolError as exc:
+                # The guest's body is longer or shorter than its content-length: h11 has
+                # put the connection in ERROR, which closes it without a clean end.
+                log.warning("%s: bad response from the guest: %s", _target(request), exc)
+                return False
             if not pump.done():
                 return False  # the guest answered before the client finished its body
             return pump.result() is True
