@@ -269,3 +269,11 @@ async def test_drain_closes_idle_connections_and_cuts_stragglers(proxy: Any) -> 
             await spinning
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_guest_stderr_goes_to_fd_2(proxy: Any, capfd: pytest.CaptureFixture[str]) -> None:
+    if proxy.lang != "python":
+        pytest.skip("only componentize-py prints the exception it traps on")
+    async with serving(proxy) as srv, srv.client() as client:
+        assert (await client.get("/trap")).status_code == 500
+    assert "Traceback" in capfd.readouterr().err

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .context import RequestContext
-from .lowering import Case, Err, Ok, current
+from .lowering import Case, Err, HostTrap, Ok, current
 from .pipe import Pipe, PipeError
 
 #: ``blocking-read``/``read`` may return less; this bounds one call's copy.
@@ -180,7 +180,10 @@ def _write(stream: OutputStream, data: bytes, blocking: bool) -> Ok | Err:
                 stream.write(bytes(view[:room]))
                 view = view[room:]
         else:
-            # Lenient like the pipe: a write larger than check-write allowed is accepted.
+            # As wasmtime: a write beyond what check-write permitted traps. Accepting it
+            # would let a guest that never checks buffer a whole body in the host.
+            if len(data) > stream.check_write():
+                raise HostTrap("output-stream.write exceeds the check-write permit")
             stream.write(data)
     except (PipeError, OSError) as exc:
         return _stream_error(exc)
