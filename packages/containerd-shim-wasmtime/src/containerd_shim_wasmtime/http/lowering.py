@@ -46,6 +46,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import wasmtime
+from wasmtime import _bindings
 from wasmtime import _ffi as ffi
 from wasmtime import component as wc
 
@@ -61,6 +62,48 @@ _K = {name: getattr(ffi, f"WASMTIME_COMPONENT_{name}").value for name in (
     "STRING", "LIST", "RECORD", "TUPLE", "VARIANT", "ENUM", "OPTION", "RESULT", "FLAGS",
     "RESOURCE",
 )}  # fmt: skip
+
+
+# -- the C calls of the conversions, without releasing the GIL -----------------------------
+#
+# ctypes releases the GIL around every foreign call. These calls take well under a
+# microsecond, and a host call makes several: with several guests running, each release
+# lets another thread in and costs a context switch to get back. So the conversions call
+# the same library through ``PyDLL`` (which keeps the GIL). The guest itself still runs
+# with the GIL released: ``Func.__call__`` goes through wasmtime-py's ``CDLL``.
+_PYDLL = ctypes.PyDLL(ffi.dll._name)
+
+
+def _holding_gil(name: str) -> Any:
+    released = getattr(_bindings, "_" + name)
+    fn = getattr(_PYDLL, name)
+    fn.argtypes, fn.restype = released.argtypes, released.restype
+    return fn
+
+
+_to_host = _holding_gil("wasmtime_component_resource_any_to_host")
+_host_rep = _holding_gil("wasmtime_component_resource_host_rep")
+_host_type = _holding_gil("wasmtime_component_resource_host_type")
+_host_delete = _holding_gil("wasmtime_component_resource_host_delete")
+_host_new = _holding_gil("wasmtime_component_resource_host_new")
+_host_to_any = _holding_gil("wasmtime_component_resource_host_to_any")
+_val_new = _holding_gil("wasmtime_component_val_new")
+_vallist_new_uninit = _holding_gil("wasmtime_component_vallist_new_uninit")
+_valtuple_new_uninit = _holding_gil("wasmtime_component_valtuple_new_uninit")
+_valrecord_new_uninit = _holding_gil("wasmtime_component_valrecord_new_uninit")
+_valflags_new_uninit = _holding_gil("wasmtime_component_valflags_new_uninit")
+_byte_vec_new = _holding_gil("wasm_byte_vec_new")
+_memmove = ctypes.PyDLL(None).memmove
+_memmove.argtypes, _memmove.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t], None
+_BYTE_P = ctypes.POINTER(ffi.wasm_byte_t)
+
+
+def _name(s: str) -> Any:
+    """A ``wasm_name_t`` holding a copy of ``s`` (the C side takes ownership)."""
+    data = s.encode()
+    vec = ffi.wasm_byte_vec_t()
+    _byte_vec_new(ctypes.byref(vec), len(data), ctypes.cast(ctypes.c_char_p(data), _BYTE_P))
+    return vec
 
 
 class Ok(NamedTuple):
@@ -186,7 +229,7 @@ def _string() -> tuple[Lift, Lower]:
         if not isinstance(x, str):
             raise TypeError(f"expected str, got {x!r}")
         p.contents.kind = k
-        p.contents.of.string = ffi.str_to_capi(x)
+        p.contents.of.string = _name(x)
 
     return lift, lower
 
@@ -220,12 +263,12 @@ def _bytes_list() -> tuple[Lift, Lower]:
             raise TypeError(f"expected bytes, got {type(x).__name__}")
         n = len(x)
         raw = ffi.wasmtime_component_vallist_t()
-        ffi.wasmtime_component_vallist_new_uninit(ctypes.byref(raw), n)
+        _vallist_new_uninit(ctypes.byref(raw), n)
         if n:
             buf = bytearray(n * _VAL_SIZE)
             buf[0::_VAL_SIZE] = bytes((k_u8,)) * n
             buf[_VAL_OF::_VAL_SIZE] = x
-            ctypes.memmove(raw.data, (ctypes.c_char * len(buf)).from_buffer(buf), len(buf))
+            _memmove(raw.data, (ctypes.c_char * len(buf)).from_buffer(buf), len(buf))
         p.contents.kind = k_list
         p.contents.of.list = raw
 
@@ -242,7 +285,7 @@ def _list(elem: tuple[Lift, Lower]) -> tuple[Lift, Lower]:
 
     def lower(x: Any, p: Any, ctx: Any) -> None:
         raw = ffi.wasmtime_component_vallist_t()
-        ffi.wasmtime_component_vallist_new_uninit(ctypes.byref(raw), len(x))
+        _vallist_new_uninit(ctypes.byref(raw), len(x))
         for i, e in enumerate(x):
             elower(e, ctypes.pointer(raw.data[i]), ctx)
         p.contents.kind = k
@@ -260,7 +303,7 @@ def _tuple(elems: list[tuple[Lift, Lower]]) -> tuple[Lift, Lower]:
 
     def lower(x: Any, p: Any, ctx: Any) -> None:
         raw = ffi.wasmtime_component_valtuple_t()
-        ffi.wasmtime_component_valtuple_new_uninit(ctypes.byref(raw), len(elems))
+        _valtuple_new_uninit(ctypes.byref(raw), len(elems))
         for i, (el, e) in enumerate(zip(elems, x, strict=True)):
             el[1](e, ctypes.pointer(raw.data[i]), ctx)
         p.contents.kind = k
@@ -278,10 +321,10 @@ def _record(fields: list[tuple[str, tuple[Lift, Lower]]]) -> tuple[Lift, Lower]:
 
     def lower(x: Any, p: Any, ctx: Any) -> None:
         raw = ffi.wasmtime_component_valrecord_t()
-        ffi.wasmtime_component_valrecord_new_uninit(ctypes.byref(raw), len(fields))
+        _valrecord_new_uninit(ctypes.byref(raw), len(fields))
         for i, (name, conv) in enumerate(fields):
             entry = raw.data[i]
-            entry.name = ffi.str_to_capi(name)
+            entry.name = _name(name)
             conv[1](x[name], ctypes.pointer(entry.val), ctx)
         p.contents.kind = k
         p.contents.of.record = raw
@@ -295,7 +338,7 @@ def _boxed(conv: tuple[Lift, Lower] | None, x: Any, ctx: Any) -> Any:
         return None
     tmp = Val()
     conv[1](x, ctypes.pointer(tmp), ctx)
-    return ffi.wasmtime_component_val_new(ctypes.byref(tmp))
+    return _val_new(ctypes.byref(tmp))
 
 
 def _unboxed(conv: tuple[Lift, Lower] | None, ptr: Any, ctx: Any) -> Any:
@@ -316,7 +359,7 @@ def _variant(cases: dict[str, tuple[Lift, Lower] | None]) -> tuple[Lift, Lower]:
             raise TypeError(f"expected a Case of {sorted(cases)}, got {x!r}")
         val = _boxed(cases[x.tag], x.payload, ctx)
         p.contents.kind = k
-        p.contents.of.variant.discriminant = ffi.str_to_capi(x.tag)
+        p.contents.of.variant.discriminant = _name(x.tag)
         p.contents.of.variant.val = val
 
     return lift, lower
@@ -333,7 +376,7 @@ def _enum(names: list[str]) -> tuple[Lift, Lower]:
         if x not in known:
             raise TypeError(f"expected one of {sorted(known)}, got {x!r}")
         p.contents.kind = k
-        p.contents.of.enumeration = ffi.str_to_capi(x)
+        p.contents.of.enumeration = _name(x)
 
     return lift, lower
 
@@ -383,9 +426,9 @@ def _flags(names: list[str]) -> tuple[Lift, Lower]:
 
     def lower(x: Any, p: Any, ctx: Any) -> None:
         raw = ffi.wasmtime_component_valflags_t()
-        ffi.wasmtime_component_valflags_new_uninit(ctypes.byref(raw), len(x))
+        _valflags_new_uninit(ctypes.byref(raw), len(x))
         for i, name in enumerate(x):
-            raw.data[i] = ffi.str_to_capi(name)
+            raw.data[i] = _name(name)
         p.contents.kind = k
         p.contents.of.flags = raw
 
@@ -407,15 +450,15 @@ class _Handle:
 
     def lift(self, v: Any, ctx: Any) -> Any:
         host = ctypes.POINTER(ffi.wasmtime_component_resource_host_t)()
-        err = ffi.wasmtime_component_resource_any_to_host(ctx, v.of.resource, ctypes.byref(host))
+        err = _to_host(ctx, v.of.resource, ctypes.byref(host))
         if err:
             raise wasmtime.WasmtimeError._from_ptr(err)
         try:
-            rep = ffi.wasmtime_component_resource_host_rep(host)
-            if ffi.wasmtime_component_resource_host_type(host) != self.host_id:
+            rep = _host_rep(host)
+            if _host_type(host) != self.host_id:
                 raise TypeError(f"resource of host type {self.host_id} expected")
         finally:
-            ffi.wasmtime_component_resource_host_delete(host)
+            _host_delete(host)
         table = current().table
         return table.pop(rep) if self.owned else table.get(rep)
 
@@ -423,14 +466,14 @@ class _Handle:
         if not self.owned:
             raise TypeError("host functions do not return borrows")
         rep = current().table.push(x)
-        host = ffi.wasmtime_component_resource_host_new(True, rep, self.host_id)
+        host = _host_new(True, rep, self.host_id)
         anyp = ctypes.POINTER(ffi.wasmtime_component_resource_any_t)()
         try:
-            err = ffi.wasmtime_component_resource_host_to_any(ctx, host, ctypes.byref(anyp))
+            err = _host_to_any(ctx, host, ctypes.byref(anyp))
             if err:
                 raise wasmtime.WasmtimeError._from_ptr(err)
         finally:
-            ffi.wasmtime_component_resource_host_delete(host)
+            _host_delete(host)
         p.contents.kind = _K["RESOURCE"]
         p.contents.of.resource = anyp
 
