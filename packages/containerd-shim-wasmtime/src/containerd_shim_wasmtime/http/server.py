@@ -322,6 +322,8 @@ class ProxyServer:
         head: ResponseHead,
     ) -> None:
         headers = head.headers.wire()
+        if self._draining:
+            headers.append((b"connection", b"close"))  # tell the client not to come back
         response = h11.Response(
             status_code=head.status, headers=headers, reason=_reason(head.status)
         )
