@@ -10,9 +10,11 @@ WASI CLI set real components also import) is implemented here in Python:
   side) and ``outgoing-handler`` (httpx);
 * :mod:`.linker`: a Linker defining every import of a given component;
 * :mod:`.handler`: :class:`ProxyComponent`, one Store and instance per request, deadlines;
-* :mod:`.server`: :class:`ProxyServer`, the asyncio/h11 front end.
+* :mod:`.server`: :class:`ProxyServer`, the asyncio/h11 front end;
+* :mod:`.config`: :class:`ProxyConfig`, the settings from a container's environment.
 """
 
+from .config import ProxyConfig
 from .handler import DEFAULT_REQUEST_TIMEOUT, GuestFailed, ProxyComponent, proxy_engine
 from .server import DEFAULT_BACKLOG, DEFAULT_WORKERS, ProxyServer, bind_socket
 
@@ -22,6 +24,7 @@ __all__ = [
     "DEFAULT_WORKERS",
     "GuestFailed",
     "ProxyComponent",
+    "ProxyConfig",
     "ProxyServer",
     "bind_socket",
     "proxy_engine",

@@ -34,6 +34,8 @@ class RequestContext(CallContext):
         self.interrupted = False
         #: The Store's epoch deadline, in ticks.
         self.ticks = 0
+        #: ``REQUEST_ID`` in the guest's environment: 0, 1, 2… per component.
+        self.request_id = 0
 
     def remaining(self) -> float:
         """Seconds left before the deadline; raises :class:`DeadlineExceeded` at 0."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import threading
 import time
@@ -117,7 +118,8 @@ class ProxyComponent:
 
     Args:
         component: compiled for ``engine`` (default :func:`proxy_engine`).
-        environment: what ``wasi:cli/environment.get-environment`` returns.
+        environment: what ``wasi:cli/environment.get-environment`` returns, plus
+            ``REQUEST_ID`` (a counter from 0, as runwasi).
         client: the httpx client for ``outgoing-handler`` (``None``: requests are denied).
     """
 
@@ -142,6 +144,7 @@ class ProxyComponent:
         self._ticker = ticker_for(self.engine)
         self._active: set[_Request] = set()
         self._active_lock = threading.Lock()
+        self._request_ids = itertools.count()
 
     def _find_handler(self) -> wc.ExportIndex:
         for name in self.component.type.exports(self.engine):
@@ -176,6 +179,7 @@ class ProxyComponent:
         ctx = _Request(time.monotonic() + timeout, self.client, loop)
         ctx.waker = request.body.waker  # the connection's pipe notifies this waker
         ctx.ticks = max(1, int(timeout / EPOCH_TICK) + 1)
+        ctx.request_id = next(self._request_ids)
         outparam = ResponseOutparam(on_set)
         lowering.bind(ctx)
         with self._active_lock:

@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 #: Default size of the worker pool: guests run in parallel up to this (ctypes releases the
 #: GIL while wasm runs; host calls take it back).
 DEFAULT_WORKERS = 4
-#: Default listen backlog (as ``wasmtime serve``'s tokio listener: 1024).
-DEFAULT_BACKLOG = 1024
+#: Default listen backlog: runwasi's (``WASMTIME_HTTP_PROXY_BACKLOG``).
+DEFAULT_BACKLOG = 100
 #: Bytes of request or response body buffered between the connection and the guest.
 BODY_BUFFER = 256 << 10
 #: Seconds an idle keep-alive connection is kept.

@@ -42,6 +42,13 @@ def _exit_code(code: int) -> None:
     raise GuestExit(f"guest exited with code {code}")
 
 
+def _environment(environment: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    # As runwasi: the container's variables plus REQUEST_ID, a counter of requests.
+    ctx = current()
+    request_id = ctx.request_id if isinstance(ctx, RequestContext) else 0
+    return [*environment, ("REQUEST_ID", str(request_id))]
+
+
 def _wall_now() -> dict[str, int]:
     ns = time.time_ns()
     return {"seconds": ns // _NS, "nanoseconds": ns % _NS}
@@ -86,7 +93,7 @@ def functions(environment: list[tuple[str, str]]) -> dict[str, dict[str, Callabl
             "insecure-seed": lambda: (secrets.randbits(64), secrets.randbits(64)),
         },
         "wasi:cli/environment": {
-            "get-environment": lambda: list(environment),
+            "get-environment": lambda: _environment(environment),
             "get-arguments": list,
             "initial-cwd": lambda: None,
         },
