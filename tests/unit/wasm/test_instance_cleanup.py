@@ -8,13 +8,14 @@ Create did not make (``ctr run --cgroup /shared``) is never emptied or removed.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from containerd_shim_wasm.instance import WasmInstance, _Undo
+from containerd_shim_wasm.instance import WasmInstance, _receive_unless_exited, _Undo
 from containerd_shimkit import InstanceConfig, RuntimeOptions
 from containerd_shimkit.container.cgroups import CgroupNotFoundError
 
@@ -125,3 +126,49 @@ async def test_a_cancelled_undo_still_finishes(tmp_path: Path) -> None:
         await task
     await asyncio.sleep(0.4)
     assert done.is_set()
+
+
+async def test_a_start_cancelled_while_waiting_leaves_the_loop_listening(tmp_path: Path) -> None:
+    # Start cancelled by its deadline while it waits for the init's "started": the channel
+    # is closed, and the next Create's channel gets the same descriptor number. A read left
+    # registered for the old one made the loop deaf to the new one (its epoll entry went
+    # with the close, the loop's record of it did not): that Create timed out at setup.
+    loop = asyncio.get_running_loop()
+    instance = _instance(tmp_path, FakeCgroup(), owned=False)
+    ours, init_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    instance._channel, instance._exit = ours, loop.create_future()
+    number = ours.fileno()
+    starting = asyncio.ensure_future(instance.start())
+    await asyncio.sleep(0.05)  # start() sends "start", then waits for "started"
+    init_side.settimeout(5)
+    assert init_side.recv(100) == b'{"start": true}'
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    init_side.close()
+    new, new_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        assert new.fileno() == number  # the lowest free descriptor: the old channel's
+        new.setblocking(False)
+        receiving = asyncio.ensure_future(_receive_unless_exited(new, loop.create_future(), 30))
+        await asyncio.sleep(0.05)  # waiting in the loop: the message comes later, as an init's
+        new_peer.send(b'{"ready": true}')
+        assert await asyncio.wait_for(receiving, 5) == b'{"ready": true}'
+    finally:
+        new.close()
+        new_peer.close()
+
+
+async def test_receive_reports_an_init_that_exited_first() -> None:
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[Any] = loop.create_future()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    try:
+        exited.set_result(object())
+        assert await _receive_unless_exited(ours, exited, 30) is None
+        theirs.close()
+        assert await _receive_unless_exited(ours, loop.create_future(), 30) == b""
+    finally:
+        ours.close()

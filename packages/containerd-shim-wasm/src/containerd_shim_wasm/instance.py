@@ -291,19 +291,13 @@ class WasmInstance:
 
     async def _await_ready(self) -> None:
         assert self._channel is not None and self._exit is not None
-        loop = asyncio.get_running_loop()
-        receive = loop.create_task(loop.sock_recv(self._channel, 65536))
-        waiting: set[asyncio.Future[Any]] = {receive, self._exit}
-        done, _ = await asyncio.wait(
-            waiting, timeout=SETUP_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
-        )
-        if receive not in done:
-            receive.cancel()
-            if self._exit in done:
+        data = await _receive_unless_exited(self._channel, self._exit, SETUP_TIMEOUT)
+        if data is None:
+            if self._exit.done():
                 code = self._exit.result().code
                 raise InvalidArgument(f"container {self.id} init exited with {code} during setup")
             raise InvalidArgument(f"container {self.id} did not finish setup in {SETUP_TIMEOUT} s")
-        message = json.loads(receive.result() or b'{"error": "the init process exited"}')
+        message = json.loads(data or b'{"error": "the init process exited"}')
         if "error" in message:
             raise InvalidArgument(message["error"])
 
@@ -326,15 +320,7 @@ class WasmInstance:
             # or the error that stopped it (a seccomp profile libseccomp refuses, say):
             # that must fail Start, not show up as an unexplained exit status 1. An init
             # that dies first (killed meanwhile) is reported by the exit waiter instead.
-            receive = loop.create_task(loop.sock_recv(channel, 65536))
-            waiting: set[asyncio.Future[Any]] = {receive, self._exit}
-            done, _ = await asyncio.wait(
-                waiting, timeout=SETUP_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
-            )
-            if receive not in done:
-                receive.cancel()
-                return self._pid
-            reply = receive.result()
+            reply = await _receive_unless_exited(channel, self._exit, SETUP_TIMEOUT)
         except OSError as exc:  # ECONNRESET: the init died meanwhile; the waiter reports it
             log.debug("no start reply from the init", extra={"error": str(exc)})
             return self._pid
@@ -444,6 +430,29 @@ def module_in_rootfs(rootfs: Path, arg0: str, envs: list[str]) -> Path | None:
             if resolved.is_relative_to(rootfs.resolve()):
                 return resolved
     return None
+
+
+async def _receive_unless_exited(
+    channel: socket.socket, exited: asyncio.Future[ExitStatus], timeout: float
+) -> bytes | None:
+    """The init's next message on its sync channel (``b""`` at EOF); ``None`` when the
+    init exited first or ``timeout`` passed.
+
+    The receive never outlives this call, cancelled or not: the caller closes the channel
+    next, and a read still registered for a closed descriptor makes the event loop ignore
+    the next socket that gets the same number (its epoll registration is gone, the loop's
+    record of it is not), so a later Create of the pod would never hear from its init.
+    """
+    loop = asyncio.get_running_loop()
+    receive = loop.create_task(loop.sock_recv(channel, 65536))
+    waiting: set[asyncio.Future[Any]] = {receive, exited}
+    try:
+        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not receive.done():
+            receive.cancel()
+            loop.remove_reader(channel.fileno())
+    return receive.result() if receive in done else None
 
 
 def _kill_abandoned(reply: dict[str, Any]) -> None:
