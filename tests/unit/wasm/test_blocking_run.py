@@ -116,3 +116,54 @@ def test_a_stop_signal_ends_a_blocked_guest(signum: int, expected: int) -> None:
     finally:
         os.close(started_r)
     assert os.waitstatus_to_exitcode(status) == expected
+
+
+@pytest.mark.parametrize(("signals", "expected"), [(1, 0), (2, 143)])
+def test_a_workload_that_stops_by_itself_keeps_its_exit_code(signals: int, expected: int) -> None:
+    """``on_stop`` takes the first SIGTERM (a server starts draining): the work's own exit
+    code stands. A second signal, which it refuses, ends the wait with 128 + signal."""
+    started_r, started_w = os.pipe()
+    taken_r, taken_w = os.pipe()
+
+    def main() -> int:
+        os.close(started_r)
+        os.close(taken_r)
+        stop = threading.Event()
+        drains = 0
+
+        def on_stop(signum: int) -> bool:
+            nonlocal drains
+            drains += 1
+            os.write(taken_w, b"x")
+            if drains > 1:
+                return False
+            if signals == 1:
+                stop.set()  # the work ends (drained) on its own
+            return True
+
+        def server() -> int:
+            os.write(started_w, b"x")
+            stop.wait(60)
+            return 0
+
+        return run_until_signal(server, on_stop=on_stop)
+
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = main()
+        finally:
+            os._exit(code)
+    os.close(started_w)
+    os.close(taken_w)
+    try:
+        assert os.read(started_r, 1) == b"x"
+        for _ in range(signals):
+            os.kill(pid, signal.SIGTERM)
+            assert os.read(taken_r, 1) == b"x"
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(started_r)
+        os.close(taken_r)
+    assert os.waitstatus_to_exitcode(status) == expected

@@ -61,7 +61,7 @@ async def test_invalid_wasm_is_logged_and_skipped(caplog: pytest.LogCaptureFixtu
 
 def test_cache_key_is_stable() -> None:
     key = WasmtimeCompiler().cache_key()
-    assert key.startswith("wasmtime-py-50.")
+    assert key.startswith("wasmtime-py-51.")
     assert WasmtimeCompiler().cache_key() == key
     # ...and across processes (the key labels content shared by every shim on the node).
     script = "from containerd_shim_wasmtime import WasmtimeCompiler as C; print(C().cache_key())"

@@ -29,7 +29,7 @@ def test_identity() -> None:
     assert WasmtimeShim.sandbox() is WasmtimeSandbox
     assert WasmtimeShim.supported_layers_types() == WASM_LAYER_MEDIA_TYPES
     version = WasmtimeShim.version()
-    assert version.revision.startswith("wasmtime-py 50.")
+    assert version.revision.startswith("wasmtime-py 51.")
     assert version.version  # "<none>" when the distribution is not installed
 
 

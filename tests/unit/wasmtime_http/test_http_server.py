@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.metadata
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -19,15 +18,6 @@ from http_support import serving
 from containerd_shim_wasmtime.http import ProxyComponent, ProxyServer, bind_socket
 
 MiB = 1 << 20
-
-#: wasmtime 50.0 traps when a dynamic host function receives two or more borrows ("BUG:
-#: deferred host scope has no call context", vm/component/resources.rs:328): ``poll`` over
-#: several pollables (StarlingMonkey's event loop) and ``output-stream.splice`` (the Python
-#: fixture's echo) cannot work. Fixed in wasmtime(-py) 51.0.0.
-WASMTIME_50 = importlib.metadata.version("wasmtime").startswith("50.")
-multi_borrow = pytest.mark.xfail(
-    WASMTIME_50, reason="wasmtime 50 traps on host calls with 2+ borrows", strict=True
-)
 
 
 async def test_routes(proxy: Any) -> None:
@@ -46,7 +36,6 @@ async def test_routes(proxy: Any) -> None:
         assert r.headers["x-echo-host"] == f"127.0.0.1:{srv.port}"
 
 
-@multi_borrow
 async def test_echo_1mib_keeps_the_connection(proxy: Any) -> None:
     body = os.urandom(MiB)
     async with serving(proxy) as srv, srv.client() as client:
@@ -117,7 +106,6 @@ async def _duplex_echo(port: int, total: int, chunk: bytes) -> int:
     return received
 
 
-@multi_borrow
 async def test_echo_100mib_streams_in_bounded_memory(proxy: Any) -> None:
     """Neither side holds the body: the test process's peak RSS (server, guest and client
     are all in it) grows by far less than the 100 MiB that go through."""
@@ -133,9 +121,7 @@ async def test_echo_100mib_streams_in_bounded_memory(proxy: Any) -> None:
     assert peak - before < 48 * 1024, f"peak RSS grew by {(peak - before) // 1024} MiB"
 
 
-async def test_outgoing_request(proxy: Any, request: pytest.FixtureRequest) -> None:
-    if proxy.lang == "python":  # it copies the upstream body with splice
-        request.applymarker(multi_borrow)
+async def test_outgoing_request(proxy: Any) -> None:
     async with serving(proxy) as srv, srv.client() as client:
         r = await client.get("/outgoing", params={"url": f"{srv.url}/hello"})
         assert r.status_code == 200

@@ -7,7 +7,9 @@ sidecar), which is exec'd, or a wasm module, which the engine's :class:`Sandbox`
 that same process.
 
 Exit codes: the guest's ``proc_exit(n)`` → n, a normal return → 0, a trap or engine error
-→ 137, SIGTERM/SIGINT → 128 + signal (unlike runwasi, where PID 1 ignores SIGTERM).
+→ 137, SIGTERM/SIGINT → 128 + signal (unlike runwasi, where PID 1 ignores SIGTERM), unless
+the Sandbox takes the signal (:meth:`Sandbox.stop_blocking`, e.g. a server that drains):
+then its own exit code.
 """
 
 from __future__ import annotations
@@ -214,7 +216,9 @@ class WasmWorkload:
         assert sandbox is not None and context is not None
         _not_dumpable()
         try:
-            return run_until_signal(lambda: sandbox.run_wasi_blocking(context))
+            return run_until_signal(
+                lambda: sandbox.run_wasi_blocking(context), on_stop=sandbox.stop_blocking
+            )
         except Exception:
             log.exception("error running the wasm workload")
             return ERROR_EXIT_CODE
@@ -247,8 +251,10 @@ class _Signalled(BaseException):
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
-def run_until_signal(work: Callable[[], int]) -> int:
-    """Run ``work`` in a thread until it returns; SIGTERM or SIGINT return 128 + the signal.
+def run_until_signal(work: Callable[[], int], on_stop: Callable[[int], bool] | None = None) -> int:
+    """Run ``work`` in a thread until it returns; SIGTERM or SIGINT return 128 + the signal,
+    unless ``on_stop(signum)`` (called in the signal handler) returns ``True``: the workload
+    then stops by itself and its own exit code stands (see :meth:`Sandbox.stop_blocking`).
 
     The init process is PID 1 of its namespace: without a handler the kernel would drop
     these signals, which is why runwasi's wasm containers ignore SIGTERM. A guest blocked in
@@ -267,8 +273,11 @@ def run_until_signal(work: Callable[[], int]) -> int:
             outcome.append((ERROR_EXIT_CODE, exc))
 
     def on_signal(signum: int, _frame: object) -> None:
-        if not outcome:  # once the workload has returned, its exit code stands
-            raise _Signalled(signum)
+        if outcome:  # once the workload has returned, its exit code stands
+            return
+        if on_stop is not None and on_stop(signum):
+            return  # it stops by itself (a server draining): keep waiting for its code
+        raise _Signalled(signum)
 
     thread = threading.Thread(target=target, name="wasm-guest", daemon=True)
     try:

@@ -73,6 +73,17 @@ class Sandbox(ABC):
 
         return asyncio.run(self.run_wasi(ctx))
 
+    def stop_blocking(self, signum: int) -> bool:
+        """SIGTERM or SIGINT reached the container while :meth:`run_wasi_blocking` runs.
+
+        Called on the init's main thread (in its signal handler, so it must only hand the
+        request over, e.g. with ``loop.call_soon_threadsafe``, and return at once), once per
+        signal. Return ``True`` when the workload will now end by itself (a server that
+        drains its requests): :meth:`run_wasi_blocking`'s result is then the exit code. The
+        default, ``False``, ends the container at once with 128 + ``signum``.
+        """
+        return False
+
     async def can_handle(self, ctx: RuntimeContext) -> None:
         """Check at Create time that the entrypoint is a module this sandbox can run.
 

@@ -8,7 +8,15 @@ from typing import ClassVar
 
 from containerd_shim_wasm import Compiler, WasmLayer
 
-from .engine import ENGINE_FLAGS, EngineFlags, engine_for, kind_of, load_program, shared_engine
+from .engine import (
+    ENGINE_FLAGS,
+    EngineFlags,
+    engine_for,
+    exports_http_handler,
+    kind_of,
+    load_program,
+    shared_engine,
+)
 
 
 class WasmtimeCompiler(Compiler):
@@ -27,8 +35,9 @@ class WasmtimeCompiler(Compiler):
         return _cache_key(tuple(sorted(self._engine_flags.items())))
 
     async def compile(self, layers: Sequence[WasmLayer]) -> list[bytes | None]:
-        """Serialize each module/component layer; ``None`` for precompiled or unknown ones
-        (and for invalid wasm, logged: the run then reports the error)."""
+        """Serialize each module/component layer; ``None`` for precompiled or unknown ones,
+        for ``wasi:http/proxy`` components (see below) and for invalid wasm (logged: the
+        run then reports the error)."""
         import asyncio
 
         engine = engine_for(self._engine_flags)
@@ -39,6 +48,11 @@ class WasmtimeCompiler(Compiler):
             import wasmtime
 
             if layer.precompiled or kind_of(layer.data) not in ("module", "component"):
+                return None
+            if exports_http_handler(layer.data):
+                # A wasi:http/proxy component runs on the proxy engine (epoch interruption
+                # on, for request deadlines), never on this one: an artifact of ours would
+                # not be for its flags. Its container compiles it for that engine.
                 return None
             try:
                 return bytes(load_program(engine, layer.data, layer.digest).serialize())

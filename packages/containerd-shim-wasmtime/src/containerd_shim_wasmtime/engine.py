@@ -59,6 +59,41 @@ def kind_of(data: bytes) -> Kind | None:
     return None
 
 
+_COMPONENT_EXPORT_SECTION = 11
+_HTTP_HANDLER = b"wasi:http/incoming-handler@"
+
+
+def exports_http_handler(data: bytes) -> bool:
+    """Whether the component binary ``data`` exports ``wasi:http/incoming-handler@0.2.x``
+    (a ``wasi:http/proxy`` component, served rather than run).
+
+    Read from the component's own (top-level) export sections, without compiling it:
+    compiling a component takes seconds, and a proxy is compiled for another engine (see
+    :func:`~containerd_shim_wasmtime.http.proxy_engine`). Nested modules and components
+    are sections of their own and are skipped whole, so their exports do not count.
+    """
+    if kind_of(data) != "component":
+        return False
+    at = 8
+    try:
+        while at < len(data):
+            section = data[at]
+            size, shift, at = 0, 0, at + 1
+            while True:
+                byte = data[at]
+                at += 1
+                size |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            if section == _COMPONENT_EXPORT_SECTION and _HTTP_HANDLER in data[at : at + size]:
+                return True
+            at += size
+    except IndexError:  # truncated: not a component wasmtime would load anyway
+        return False
+    return False
+
+
 @functools.cache
 def shared_engine(flags: tuple[tuple[str, bool | int | str], ...]) -> wasmtime.Engine:
     """One Engine per configuration per process. Creating one starts no threads (checked

@@ -16,13 +16,23 @@ from containerd_shim_wasm import (
     env_path,
 )
 
-from .engine import ENGINE_FLAGS, WASM_MAGIC, EngineFlags, engine_for, kind_of, load_program
+from .engine import (
+    ENGINE_FLAGS,
+    WASM_MAGIC,
+    EngineFlags,
+    engine_for,
+    exports_http_handler,
+    kind_of,
+    load_program,
+)
 
 if TYPE_CHECKING:
     import threading
 
     import wasmtime
     from wasmtime.component import Component
+
+    from .http.container import ContainerProxy
 
 
 class _Cancelled(Exception):
@@ -81,6 +91,12 @@ class WasmtimeSandbox(Sandbox):
     Core modules get WASI preview 1, components WASI preview 2 (``wasi:cli/run``, or the
     export named by ``#func``). The guest sees exactly ``ctx.args()`` (argv0 included),
     ``ctx.envs()``, the process's fds 0/1/2 and the container's ``/`` preopened as ``/``.
+
+    A component exporting ``wasi:http/incoming-handler@0.2.x`` (a ``wasi:http/proxy``) is
+    served instead, as ``wasmtime serve`` and runwasi do: HTTP/1.1 on
+    ``WASMTIME_HTTP_PROXY_SOCKET_ADDR`` (default ``0.0.0.0:8080``) in the container's
+    network namespace, a fresh instance per request, on the proxy engine
+    (:mod:`containerd_shim_wasmtime.http`); SIGTERM/SIGINT drain it (:meth:`stop_blocking`).
     """
 
     #: Engine settings; kept identical to :class:`WasmtimeCompiler`. A subclass may use
@@ -92,6 +108,8 @@ class WasmtimeSandbox(Sandbox):
     #: Seconds a cancelled ``run_wasi`` waits for an epoch-interrupted guest to unwind
     #: (without epoch interruption nothing would end it: the call returns at once).
     _cancel_grace: float = 1.0
+    #: The proxy being served by this sandbox, if its workload is one.
+    _proxy: ContainerProxy | None = None
 
     @classmethod
     def _interruptible(cls) -> bool:
@@ -99,9 +117,20 @@ class WasmtimeSandbox(Sandbox):
 
     @classmethod
     def preload(cls) -> None:
-        """Import wasmtime and create the shared Engine in the zygote (no threads start)."""
+        """Import wasmtime (and, in the zygote, the ``wasi:http`` server) and create the
+        shared Engine (no threads start)."""
+        import sys
+
         import wasmtime.component  # noqa: F401 - the import is the point
 
+        # The proxy server's modules (httpx, h11, ssl) and TLS roots: an init cannot import
+        # or read the shim's files after pivot_root. Not where ssl is kept out (None in
+        # sys.modules: the template and daemons, whose ttrpc needs no TLS; ~4 MB): the
+        # zygote, which the containers are forked from, puts it back and preloads again.
+        if sys.modules.get("ssl", False) is not None:
+            from .http import container
+
+            container.preload()
         engine_for(cls._engine_flags)
 
     async def run_wasi(self, ctx: RuntimeContext) -> int:
@@ -119,6 +148,10 @@ class WasmtimeSandbox(Sandbox):
         interruptible = self._interruptible()
 
         def stop() -> None:
+            if self._proxy is not None:
+                import signal
+
+                self._proxy.stop(signal.SIGTERM)
             # Order matters: the worker sets its epoch deadline before checking the flag,
             # so either it sees the flag or this increment passes its deadline.
             cancelled.set()
@@ -134,6 +167,13 @@ class WasmtimeSandbox(Sandbox):
         import threading
 
         return self._run(engine_for(self._engine_flags), ctx, threading.Event())
+
+    def stop_blocking(self, signum: int) -> bool:
+        """A served proxy drains (see :class:`~containerd_shim_wasmtime.http.container.
+        ContainerProxy`): ``run_wasi_blocking`` then returns 0, or 128 + ``signum`` if
+        requests were cut. Anything else, a second signal, or a proxy still compiling,
+        stops at once (``False``)."""
+        return self._proxy is not None and self._proxy.stop(signum)
 
     async def can_handle(self, ctx: RuntimeContext) -> None:
         """Accept one OCI layer, or a file wasmtime validates as a core module, a component
@@ -162,11 +202,12 @@ class WasmtimeSandbox(Sandbox):
             return None  # the zygote compiled exactly this file: it is a valid module
         try:
             if isinstance(source, OciSource):
-                source.read()  # exactly one layer; run_wasi reports what is wrong with it
+                _check_proxy_config(source.read(), ctx)  # exactly one layer
                 return None
             data, path, _ = _read_source(ctx)
         except (OSError, ValueError) as exc:
             raise CannotHandle(f"{exc}; args[0] must be a path to a wasm module") from exc
+        _check_proxy_config(data, ctx)
         return data, path
 
     def _run(self, engine: wasmtime.Engine, ctx: RuntimeContext, cancelled: threading.Event) -> int:
@@ -176,11 +217,18 @@ class WasmtimeSandbox(Sandbox):
         entrypoint = ctx.entrypoint()
         data, where, trusted = _read_source(ctx)
         kind = kind_of(data)
+        if exports_http_handler(data):
+            return self._serve(data, ctx, where)
         if kind in ("precompiled-module", "precompiled-component") and not trusted:
             # Deserializing is loading native code: only artifacts from the shim's own
             # precompile cache are trusted, never a file from the image.
             raise ValueError(f"{where} is a precompiled wasmtime artifact from the image")
         program = load_program(engine, data, where)
+        if isinstance(program, Component) and _is_proxy(engine, program):
+            # An artifact (or WAT) of a proxy component: the zygote's compiler declines
+            # proxies, so only artifacts cached by an older shim get here. Never load it
+            # into the proxy engine (other flags): serve the wasm it was made from.
+            return self._serve(_proxy_wasm(ctx, data), ctx, where)
 
         wasi = wasmtime.WasiConfig()
         wasi.argv = ctx.args()
@@ -217,6 +265,43 @@ class WasmtimeSandbox(Sandbox):
         except wasmtime.ExitTrap as exit_:
             return int(exit_.code)
 
+    def _serve(self, wasm: bytes, ctx: RuntimeContext, where: str) -> int:
+        from .http.container import ContainerProxy
+
+        self._proxy = ContainerProxy()
+        return self._proxy.run(wasm, ctx.envs(), where)
+
+
+def _is_proxy(engine: wasmtime.Engine, component: Component) -> bool:
+    return any(
+        name.startswith("wasi:http/incoming-handler@") for name in component.type.exports(engine)
+    )
+
+
+def _proxy_wasm(ctx: RuntimeContext, data: bytes) -> bytes:
+    """The wasm binary of a proxy component that reached ``_run`` as WAT or an artifact."""
+    import wasmtime
+
+    source = ctx.entrypoint().source
+    if kind_of(data) in ("precompiled-module", "precompiled-component"):
+        if not isinstance(source, FileSource):
+            raise ValueError("a wasi:http/proxy OCI layer was precompiled for another engine")
+        data = source.read(env_path(ctx.envs()))
+    if kind_of(data) is None:
+        data = bytes(wasmtime.wat2wasm(data))
+    return data
+
+
+def _check_proxy_config(data: bytes, ctx: RuntimeContext) -> None:
+    """Fail Create, not Start, on bad ``WASMTIME_HTTP_PROXY_*`` settings of a proxy."""
+    if exports_http_handler(data):
+        from .http import ProxyConfig
+
+        try:
+            ProxyConfig.from_env(dict(item.partition("=")[::2] for item in ctx.envs()))
+        except ValueError as exc:
+            raise CannotHandle(f"wasi:http/proxy settings: {exc}") from exc
+
 
 def _read_source(ctx: RuntimeContext) -> tuple[bytes, str, bool]:
     """The entrypoint's bytes, a description for messages, and whether precompiled bytes
@@ -252,8 +337,6 @@ def _run_component(
     run = next((name for name in exports if name.startswith("wasi:cli/run@")), None)
     if run is not None:  # a command: call wasi:cli/run.run
         index = instance.get_export_index(store, "run", instance.get_export_index(store, run))
-    elif any(name.startswith("wasi:http/incoming-handler@") for name in exports):
-        raise NotImplementedError(f"{where}: wasi:http proxy components are not supported")
     else:  # as runwasi: call the export named by #func, with no parameters
         index = instance.get_export_index(store, func_name)
     func = instance.get_func(store, index) if index is not None else None

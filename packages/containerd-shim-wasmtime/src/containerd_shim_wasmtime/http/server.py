@@ -120,9 +120,13 @@ class ProxyServer:
         finally:
             self._server.close()
 
-    async def drain(self, timeout: float) -> None:
+    async def drain(self, timeout: float) -> bool:
         """Stop accepting, close idle connections, give requests in flight ``timeout``
-        seconds to finish, then cut the rest and interrupt their guests."""
+        seconds to finish, then cut the rest and interrupt their guests.
+
+        Returns:
+            Whether every request finished in time (none was cut).
+        """
         self._draining = True
         if self._server is not None:
             self._server.close()
@@ -130,6 +134,7 @@ class ProxyServer:
             if conn.idle:
                 conn.task.cancel()
         tasks = list(self._connections)
+        pending: set[asyncio.Task[None]] = set()
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
@@ -137,6 +142,7 @@ class ProxyServer:
             if pending:
                 await asyncio.wait(pending)
         await self.close()
+        return not pending
 
     async def close(self) -> None:
         """Stop at once: cut every connection, interrupt the guests still running (see
