@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -171,3 +173,30 @@ def test_the_sandbox_serves_a_proxy_whose_cached_artifact_is_for_its_own_engine(
         sandbox.stop_blocking(signal.SIGKILL)
         thread.join()
     assert codes == [0]
+
+
+_PRELOAD_PROBE = """
+import sys
+from pathlib import Path
+from containerd_shim_wasmtime.sandbox import WasmtimeSandbox
+WasmtimeSandbox.preload()
+before = "httpx" in sys.modules
+WasmtimeSandbox.preload_for(Path(sys.argv[1]).read_bytes())
+after_command = "httpx" in sys.modules
+WasmtimeSandbox.preload_for(Path(sys.argv[2]).read_bytes())
+print(before, after_command, "httpx" in sys.modules)
+"""
+
+
+def test_only_a_proxy_loads_the_http_server_into_the_zygote(
+    component_paths: dict[str, Path],
+) -> None:
+    # The server's modules (httpx, h11, ssl) cost a zygote ~10 MiB and ~130 ms: a pod that
+    # runs no proxy must not pay for them. A fresh interpreter, as a zygote's imports are.
+    probe = subprocess.run(
+        [sys.executable, "-c", _PRELOAD_PROBE, component_paths["command"], component_paths["js"]],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.split() == ["False", "False", "True"], probe.stderr

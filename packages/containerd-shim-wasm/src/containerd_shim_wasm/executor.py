@@ -302,6 +302,22 @@ def _forgetter(modules: ModuleCache) -> Callable[[], None]:
     return forget
 
 
+#: A wasm component's preamble: magic, then version 0x0d and layer 1.
+_COMPONENT_PREAMBLE = b"\0asm\x0d\x00\x01\x00"
+
+
+def _component_bytes(fd: int) -> bytes:
+    """The module file's bytes when it is a wasm component (what
+    :meth:`Sandbox.preload_for` may need to look at), else ``b""``: core modules and native
+    executables, the common case, are not read again."""
+    try:
+        if os.pread(fd, len(_COMPONENT_PREAMBLE), 0) != _COMPONENT_PREAMBLE:
+            return b""
+        return read_whole(fd, os.fstat(fd).st_size)
+    except (OSError, ValueError):
+        return b""
+
+
 def spawn(
     shim: type[Shim], modules: ModuleCache, request: dict[str, Any], fds: list[int]
 ) -> dict[str, Any]:
@@ -343,6 +359,9 @@ def spawn(
     instance_token, pod_token = logs.instance_id.set(request["id"]), logs.pod_id.set(pod)
     try:
         compiled = modules.artifact_for(fds[-1]) if has_module else None
+        module = layers[0].data if layers else _component_bytes(fds[-1]) if has_module else b""
+        if module:
+            shim.sandbox().preload_for(module)
         workload = WasmWorkload(
             shim, request.get("memory_limit"), layers, compiled, forget=_forgetter(modules)
         )

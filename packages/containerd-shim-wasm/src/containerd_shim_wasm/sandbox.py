@@ -45,6 +45,17 @@ class Sandbox(ABC):
         """
         return
 
+    @classmethod
+    def preload_for(cls, module: bytes) -> None:
+        """In the zygote, before it forks a container that will run ``module`` (a wasm
+        binary): load what running *this kind* of workload needs beyond :meth:`preload`.
+
+        The container's init cannot import anything after ``pivot_root``, and what only
+        some workloads need (an HTTP server, say) should not cost every pod. Loaded once
+        per zygote, then shared with its later containers. The default does nothing.
+        """
+        return
+
     @abstractmethod
     async def run_wasi(self, ctx: RuntimeContext) -> int:
         """Run the workload and return its exit code.

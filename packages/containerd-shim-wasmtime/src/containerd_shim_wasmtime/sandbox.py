@@ -117,21 +117,21 @@ class WasmtimeSandbox(Sandbox):
 
     @classmethod
     def preload(cls) -> None:
-        """Import wasmtime (and, in the zygote, the ``wasi:http`` server) and create the
-        shared Engine (no threads start)."""
-        import sys
-
+        """Import wasmtime and create the shared Engine (no threads start)."""
         import wasmtime.component  # noqa: F401 - the import is the point
 
-        # The proxy server's modules (httpx, h11, ssl) and TLS roots: an init cannot import
-        # or read the shim's files after pivot_root. Not where ssl is kept out (None in
-        # sys.modules: the template and daemons, whose ttrpc needs no TLS; ~4 MB): the
-        # zygote, which the containers are forked from, puts it back and preloads again.
-        if sys.modules.get("ssl", False) is not None:
+        engine_for(cls._engine_flags)
+
+    @classmethod
+    def preload_for(cls, module: bytes) -> None:
+        """Before the zygote forks a ``wasi:http/proxy`` container: the proxy server's
+        modules (httpx, h11, ssl) and TLS roots, which an init cannot import or read after
+        pivot_root. Only then: they cost a zygote ~10 MiB and ~130 ms, which pods that serve
+        no HTTP should not pay (measured with ``benchmarks/memory.py``)."""
+        if exports_http_handler(module):
             from .http import container
 
             container.preload()
-        engine_for(cls._engine_flags)
 
     async def run_wasi(self, ctx: RuntimeContext) -> int:
         """Run the entrypoint; see :meth:`Sandbox.run_wasi` for exit codes and cancellation.
