@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from tests.integration.test_wasm_containers import (
     BUSYBOX,
     RUNTIME,
     Env,
-    leftovers_of,
+    assert_nothing_left,
     private_containerd_env,
 )
 
@@ -109,16 +108,10 @@ def env(
 
 @pytest.fixture(autouse=True)
 def no_leftovers(env: Env) -> Iterator[None]:
-    """After each test: nothing of its containers is left (polled: shims exit async)."""
+    """After each test: nothing of its containers is left."""
     env.ids.clear()
     yield
-    deadline = time.monotonic() + 10.0
-    while (problems := [p for cid in env.ids for p in leftovers_of(env, cid)]) and (
-        time.monotonic() < deadline
-    ):
-        time.sleep(0.1)
-    problems += env.ctd.leftovers()
-    assert not problems, "left behind:\n  " + "\n  ".join(problems)
+    assert_nothing_left(env, records=False)
 
 
 def _pod(group: str) -> tuple[str, ...]:

@@ -32,7 +32,7 @@ if os.geteuid() != 0:
 from tests.integration.test_wasm_containers import (  # noqa: E402 - after the root check
     Env,
     _spares,
-    leftovers_of,
+    assert_nothing_left,
     private_containerd_env,
 )
 
@@ -70,20 +70,10 @@ def env(
 
 @pytest.fixture(autouse=True)
 def no_leftovers(env: Env) -> Iterator[None]:
-    """After each test: nothing of its containers is left (polled: shims exit async)."""
+    """After each test: nothing of its containers is left."""
     env.ids.clear()
     yield
-    deadline = time.monotonic() + 10.0
-    while (problems := [p for cid in env.ids for p in leftovers_of(env, cid)]) and (
-        time.monotonic() < deadline
-    ):
-        time.sleep(0.1)
-    records = env.ctr("containers", "ls", "-q").stdout.split()
-    records += env.ctr("snapshots", "ls").stdout.split()
-    problems += [f"containerd still has {cid}" for cid in env.ids if cid in records]
-    problems += env.ctd.leftovers()
-    logs = "\n".join(env.log(cid) for cid in env.ids)
-    assert not problems, "left behind:\n  " + "\n  ".join(problems) + f"\n{logs}"
+    assert_nothing_left(env)
 
 
 def _free_port() -> int:
