@@ -36,12 +36,18 @@ def remove_dead_socket(bundle: StrPath) -> None:
         return  # an abstract socket has no file
     import socket
 
+    try:
+        probed = os.stat(path).st_ino
+    except OSError:
+        return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
     except ConnectionRefusedError:  # a socket file nobody listens on
-        try:  # noqa: SIM105 - contextlib is an import start/delete skip
-            os.unlink(path)
+        try:
+            # Only that file: a start may have bound a new daemon's socket there meanwhile.
+            if os.stat(path).st_ino == probed:
+                os.unlink(path)
         except FileNotFoundError:
             pass
     except OSError:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .flags import Flags
-from .start import LISTENER_FD, group_of
+from .start import LISTENER_FD, group_of, inode_of
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -200,21 +200,14 @@ class SocketPath:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._inode = _inode(path) if path else 0
+        self._inode = inode_of(path) if path else 0
 
     def release(self) -> None:
         """Unlink the path if it still names this daemon's socket (idempotent)."""
-        if self._inode and _inode(self.path) == self._inode:
+        if self._inode and inode_of(self.path) == self._inode:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
         self._inode = 0
-
-
-def _inode(path: str) -> int:
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return 0
 
 
 def _start_service(service: TaskService) -> Service:

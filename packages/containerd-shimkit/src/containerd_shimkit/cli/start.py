@@ -127,7 +127,9 @@ def _read_frame(sock: socket.socket) -> bytes:
     return data
 
 
-def _inode(path: str) -> int:
+def inode_of(path: str) -> int:
+    """The inode ``path`` names now (0 when there is none): a socket path is unlinked only
+    while it still names the socket that was probed or bound, never a successor's."""
     try:
         return os.stat(path).st_ino
     except OSError:
@@ -146,11 +148,11 @@ def bind_or_reuse(path: str, container_id: str = "") -> socket.socket | None:
             sock.close()
             if exc.errno != errno.EADDRINUSE:
                 raise StartError(f"cannot bind shim socket {path}: {exc.strerror}") from exc
-            inode = _inode(path)
+            inode = inode_of(path)
             found = reserve(path, container_id)
             if found == RESERVED:
                 return None
-            if found == DEAD and inode and _inode(path) == inode:
+            if found == DEAD and inode and inode_of(path) == inode:
                 # A dead daemon's socket file (containerd's shims remove it and bind again);
                 # only that file: another start may have bound a new one meanwhile.
                 try:  # noqa: SIM105 - contextlib is an import start/delete skip
