@@ -10,6 +10,12 @@ APT_PACKAGES=(
   clang lld wasi-libc libclang-rt-dev-wasm32 wabt libseccomp2 gcc libc6-dev hyperfine
   shellcheck
 )
+# The wasi:http test components are built with componentize-js, which needs Node.js and
+# npm. Machines of this project's kind ship Node 20 outside Debian's packages; elsewhere
+# Debian's (bookworm: Node 18, for which the build fetches Node 20 as an npm package).
+if ! command -v npm >/dev/null; then
+  APT_PACKAGES+=(nodejs npm)
+fi
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
