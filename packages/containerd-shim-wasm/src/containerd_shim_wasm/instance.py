@@ -163,17 +163,23 @@ class WasmInstance:
         # a .slice pod parent (see is_systemd_cgroups_path).
         systemd = config.options.systemd_cgroup or is_systemd_cgroups_path(cgroups_path)
         self.cgroup = Cgroup.for_container(cgroups_path, self.id, systemd=systemd)
+        # Recorded before the cgroup is made: a daemon killed while making it must leave the
+        # delete action what to remove (it tolerates directories that are not there).
+        self.owns_cgroup = not any(path.is_dir() for path in self.cgroup.paths.values())
+        self._save_state()
+        self._undo.push("remove state", lambda: remove_state(bundle))
         try:
-            self.owns_cgroup = self.cgroup.create(linux.get("resources"))
+            owned = self.cgroup.create(linux.get("resources"))
         except OSError as exc:
             raise FailedPrecondition(f"cannot create the cgroup: {exc}") from exc
         # The init is moved into the cgroup a few ms from now: let the kernel's wait for
         # that run meanwhile (see prime_attach). Fire and forget: it never raises.
         asyncio.get_running_loop().run_in_executor(None, prime_attach)
+        if owned != self.owns_cgroup:  # made, or taken, by someone else meanwhile
+            self.owns_cgroup = owned
+            self._save_state()
         if self.owns_cgroup:
             self._undo.push("remove cgroup", self._remove_cgroup, blocking=True)
-        self._save_state()
-        self._undo.push("remove state", lambda: remove_state(bundle))
         await self._spawn()
 
     def _save_state(self) -> None:
