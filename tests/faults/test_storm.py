@@ -19,6 +19,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import pytest
 
+from containerd_shimkit.task.service import RESERVATION_SECONDS
 from tests.support.containerd import SHIM_SOCKET_DIR, process_alive, shim_socket_name
 
 from .conftest import HELLO, NAMESPACE, FaultEnv, fd_count, note, record, rss_kib
@@ -81,7 +82,9 @@ def _clean_failed(env: FaultEnv, failures: list[str]) -> None:
 def _assert_pod_gone(env: FaultEnv, group: str) -> None:
     """The pod's daemon goes once its last container is gone, and its socket with it."""
     sock = SHIM_SOCKET_DIR / shim_socket_name(str(env.ctd.address), NAMESPACE, group)
-    deadline = time.monotonic() + 10
+    # Longer than a start's reservation (RESERVATION_SECONDS): a Shutdown deferred for one
+    # is carried out when it lapses, and the daemon must then be gone.
+    deadline = time.monotonic() + RESERVATION_SECONDS + 5
     while (env.shim_pids().daemons or sock.exists()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not env.shim_pids().daemons, f"daemons left: {env.shim_pids()}"
